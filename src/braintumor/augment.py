@@ -1,0 +1,105 @@
+"""The study's augmentation, in the input pipeline.
+
+Keras 3's RandomTranslation/RandomShear/... layers set supports_jit=False, and one of them inside
+a model silently turns XLA off for the whole model, so augmentation runs here, in tf.data, never
+inside the model.
+
+How the study's Keras ImageDataGenerator parameters map:
+- width_shift / height_shift 0.2: shift uniform in ±0.2 × width / height (pixels, bilinear).
+- shear 0.2: shear angle uniform in ±0.2 degrees (ImageDataGenerator's shear_range is in degrees).
+- horizontal_flip: mirrored with probability 0.5.
+- fill_mode nearest: pixels shifted in from outside copy the nearest edge pixel.
+- brightness [0.8, 2.0]: pixel values multiplied by a factor uniform in [0.8, 2.0], clipped at 255,
+  like ImageDataGenerator's brightness_range (PIL ImageEnhance.Brightness). Keras'
+  RandomBrightness is additive, so it is not used.
+Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
+copies once, seeded (the study's 2870 → 5740). Validation and Testing images are never augmented.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tqdm import tqdm
+
+from .config import AugmentationConfig
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -> tf.Tensor:
+    """Random affine + brightness for a batch (B, H, W, 3) of [0, 255] images; float32 out.
+
+    `seed` is a shape-(2,) integer tensor: the same seed gives the same transforms.
+    """
+    images = tf.cast(images, tf.float32)
+    shape = tf.shape(images)
+    batch, height, width = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
+
+    def uniform(index: int, low: float, high: float, extra_dims: int = 0) -> tf.Tensor:
+        return tf.random.stateless_uniform([batch] + [1] * extra_dims, seeds[index], low, high)
+
+    tx = uniform(0, -cfg.width_shift, cfg.width_shift) * width
+    ty = uniform(1, -cfg.height_shift, cfg.height_shift) * height
+    shear = uniform(2, -cfg.shear, cfg.shear) * (math.pi / 180.0)
+    flip = tf.where(uniform(3, 0.0, 1.0) < 0.5, -1.0, 1.0) if cfg.horizontal_flip else tf.ones([batch])
+    # Inverse map, output pixel (x, y) → input pixel, about the image centre (cx, cy):
+    # u = x - tx - cx, v = y - ty - cy;  x_in = flip·(u - sin(s)·v) + cx;  y_in = cos(s)·v + cy
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    sin, cos = tf.sin(shear), tf.cos(shear)
+    zeros = tf.zeros([batch])
+    transforms = tf.stack([
+        flip, -flip * sin, cx - flip * (tx + cx) + flip * sin * (ty + cy),
+        zeros, cos, cy - cos * (ty + cy),
+        zeros, zeros,
+    ], axis=1)
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode=cfg.fill_mode.upper())
+    low, high = cfg.brightness
+    return tf.clip_by_value(moved * uniform(4, low, high, extra_dims=3), 0.0, 255.0)
+
+
+def offline_copies(images: np.ndarray, labels: np.ndarray, files: list[str], cfg: AugmentationConfig,
+                   classes: list[str], seed: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """`cfg.copies` augmented copies of every image, drawn once with `seed`; optionally saved as PNG."""
+    copies = []
+    for copy in range(cfg.copies):
+        for start in tqdm(range(0, len(images), batch_size), desc=f"augmenting copy {copy + 1}/{cfg.copies}",
+                          leave=False):
+            batch_seed = tf.constant([seed, copy * len(images) + start], tf.int64)
+            out = augment_batch(images[start:start + batch_size], batch_seed, cfg)
+            copies.append(np.round(out.numpy()).astype(np.uint8))
+    augmented = np.concatenate(copies) if copies else images[:0]
+    augmented_labels = np.tile(labels, cfg.copies)
+    if cfg.save_dir:
+        _save_pngs(Path(cfg.save_dir).expanduser(), augmented, augmented_labels, files * cfg.copies, classes,
+                   len(images))
+    return augmented, augmented_labels
+
+
+def _save_pngs(folder: Path, images: np.ndarray, labels: np.ndarray, files: list[str], classes: list[str],
+               per_copy: int) -> None:
+    for index, (image, label, source) in enumerate(zip(images, labels, files, strict=True)):
+        target = folder / classes[label] / f"{Path(source).stem}_aug{index // per_copy + 1}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(target)
+
+
+def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                     online: AugmentationConfig | None) -> tf.data.Dataset:
+    """Shuffled batches of (float32 images, int labels), with online augmentation when given."""
+    dataset = (tf.data.Dataset.from_tensor_slices((images, labels))
+               .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+               .batch(batch_size))
+    if online is None:
+        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda batch, pair: (augment_batch(batch[0], pair, online), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)

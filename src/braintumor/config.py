@@ -1,0 +1,241 @@
+"""Experiment configs: one typed schema with defaults; YAML files state only what differs.
+
+Each section is a dataclass; `Literal` types list the allowed values and `validate()` methods
+check ranges. Loading walks the YAML against the schema, so an unknown key or a bad value fails
+with its key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import UserError
+
+Mode = Literal["feature-extraction", "fine-tune", "full"]
+Preprocess = Literal["brain_crop", "standardize"]
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/brain-tumor-mri"
+    train_dir: str = "Training"
+    test_dir: str = "Testing"
+    classes: list[str] | None = None  # None: the sorted subfolders of train_dir
+    image_size: int = 224
+    val_fraction: float = 0.1  # stratified, seeded; carved from train_dir only
+    preprocess: list[Preprocess] = field(default_factory=list)  # applied in this order, before caching
+    strict: bool = False  # True: an unreadable image fails the run instead of being skipped
+    cache_dir: str = "~/.cache/braintumor"
+    make_synthetic_if_missing: bool = False  # quickstart: write `braintumor data synth` data at root
+    exclude_test_twins: bool = False  # drop Training images with an exact/near duplicate in Testing
+
+    def validate(self, check: _Check) -> None:
+        check(8 <= self.image_size <= 1024, "image_size", "an integer from 8 to 1024")
+        check(0 < self.val_fraction < 0.5, "val_fraction", "a number above 0 and below 0.5")
+        check(self.classes is None or len(set(self.classes)) == len(self.classes) >= 2,
+              "classes", "null (discover) or a list of at least two distinct folder names")
+        check(len(set(self.preprocess)) == len(self.preprocess), "preprocess", "each step at most once")
+
+
+@dataclass
+class AugmentationConfig:
+    """The study's Keras ImageDataGenerator parameters, applied in the input pipeline."""
+
+    enabled: bool = False
+    mode: Literal["offline", "online"] = "offline"  # offline: `copies` fixed copies, as the study
+    copies: int = 1
+    width_shift: float = 0.2  # fraction of the width, uniform in [-w, w]
+    height_shift: float = 0.2
+    shear: float = 0.2  # degrees, as ImageDataGenerator's shear_range (so 0.2 is tiny, as in the study)
+    horizontal_flip: bool = True
+    brightness: list[float] = field(default_factory=lambda: [0.8, 2.0])  # multiplicative factor
+    fill_mode: Literal["nearest", "constant", "reflect", "wrap"] = "nearest"
+    save_dir: str | None = None  # offline only: also write the copies as PNG files here
+
+    def validate(self, check: _Check) -> None:
+        check(1 <= self.copies <= 20, "copies", "an integer from 1 to 20")
+        for key in ("width_shift", "height_shift"):
+            check(0 <= getattr(self, key) < 1, key, "a fraction from 0 to below 1")
+        check(0 <= self.shear < 90, "shear", "degrees from 0 to below 90")
+        low_high = self.brightness
+        check(len(low_high) == 2 and 0 < low_high[0] <= low_high[1], "brightness",
+              "[low, high] with 0 < low <= high, e.g. [0.8, 2.0]")
+        check(self.save_dir is None or self.mode == "offline", "save_dir", "null unless mode is offline")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vgg16"  # a key of models.BACKBONES
+    weights: str = "imagenet"  # imagenet | none | path to a weights file of this backbone
+    mode: Mode = "fine-tune"
+    fine_tune_after: str | None = None  # last frozen layer in fine-tune mode; null: the backbone's default
+    pooling: Literal["avg", "max"] = "avg"
+    dropout: float = 0.3
+
+    def validate(self, check: _Check) -> None:
+        from .models import BACKBONES  # imports Keras; kept out of module import for a fast CLI
+
+        check(self.backbone in BACKBONES, "backbone", "one of: " + ", ".join(BACKBONES))
+        check(0 <= self.dropout < 1, "dropout", "a number from 0 to below 1")
+        check(not (self.backbone == "simple_cnn" and self.weights == "imagenet"), "weights",
+              "none or a weights file for simple_cnn (it has no ImageNet weights)")
+        check(self.fine_tune_after is None or self.mode == "fine-tune", "fine_tune_after",
+              "null unless mode is fine-tune")
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    learning_rate: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 32
+    early_stopping_patience: int = 5  # epochs without a better validation loss; 0 turns it off
+    class_weight: Literal["none", "balanced"] = "none"
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    xla: Literal["auto", "on", "off"] = "auto"
+
+    def validate(self, check: _Check) -> None:
+        check(0 < self.learning_rate <= 1, "learning_rate", "a number above 0 and at most 1")
+        check(1 <= self.epochs <= 10_000, "epochs", "an integer from 1 to 10000")
+        check(1 <= self.batch_size <= 4096, "batch_size", "an integer from 1 to 4096")
+        check(self.early_stopping_patience >= 0, "early_stopping_patience", "an integer >= 0")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "outputs"
+
+
+@dataclass
+class Config:
+    name: str = "experiment"  # run folders are <output.dir>/<name>-<YYYYmmdd-HHMMSS>
+    label: str | None = None  # short label for comparison tables, e.g. "VGG16-II"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self, check: _Check) -> None:
+        from .models import BACKBONES
+
+        check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
+        minimum = BACKBONES[self.model.backbone].min_size
+        if self.data.image_size < minimum:
+            raise UserError(f"{check.source}: data.image_size = {self.data.image_size} is below "
+                            f"{self.model.backbone}'s minimum input size; use {minimum} or more")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Check:
+    """Collects the key path prefix so section validators can report `train.learning_rate`."""
+
+    def __init__(self, source: str, prefix: str, section: Any):
+        self.source, self.prefix, self.section = source, prefix, section
+
+    def __call__(self, ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            value = getattr(self.section, key)
+            raise UserError(f"{self.source}: {self.prefix}{key} = {value!r} is not allowed; use {allowed}")
+
+
+def _build(cls: type, raw: Any, path: str, source: str) -> Any:
+    """Turn a YAML mapping into the dataclass `cls`, checking every key and value."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: {path.rstrip('.') or 'the file'} must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{path}{close[0]}'?" if close else f"allowed keys: {', '.join(names)}"
+            raise UserError(f"{source}: unknown key '{path}{key}'; {hint}")
+    values = {key: _coerce(value, hints[key], f"{path}{key}", source) for key, value in raw.items()}
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate(_Check(source, path, obj))
+    return obj
+
+
+def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path + ".", source)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, path, source)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{source}: {path} = {value!r} is not allowed; use one of: "
+                            + ", ".join(map(str, args)))
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{source}: {path} must be a list, got {value!r}")
+        return [_coerce(item, args[0], f"{path}[{i}]", source) for i, item in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and value is None:  # `weights: none` written as YAML null
+        return "none"
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise UserError(f"{source}: {path} = {value!r} must be of type {hint.__name__}")
+    return value
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {override!r} must look like KEY=VALUE, e.g. --set train.epochs=2")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {override!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(text) if text.strip() else ""
+
+
+def parse_config(raw: dict, source: str, overrides: typing.Iterable[str] = ()) -> Config:
+    """Validate a raw mapping (plus KEY=VALUE overrides) into a Config."""
+    for override in overrides:
+        _apply_override(raw, override)
+    return _build(Config, raw, "", source)
+
+
+def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read a YAML config; the run name defaults to the file's stem."""
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass a YAML file such as configs/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where}; fix the syntax") from err
+    if isinstance(raw, dict):
+        raw.setdefault("name", path.stem)
+    return parse_config(raw, str(path), overrides)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,143 @@
+"""Backbone registry and model building.
+
+To add a keras.applications backbone, add one line to BACKBONES: its constructor name, the
+keras.applications module holding its `preprocess_input`, its minimum input size, and the last
+layer kept frozen in fine-tune mode.
+
+Every model takes raw RGB images in [0, 255]; its own first layer applies the backbone's
+preprocessing, so evaluation and prediction need nothing but the saved model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from .config import ModelConfig
+from .errors import UserError, describe
+
+
+@dataclass(frozen=True)
+class Backbone:
+    constructor: str  # name in keras.applications; empty for the from-scratch baseline
+    preprocess_module: str  # keras.applications.<module>.preprocess_input
+    min_size: int
+    fine_tune_after: str  # default last frozen layer in fine-tune mode
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone("VGG16", "vgg16", 32, "block4_pool"),  # trains block5
+    "resnet50": Backbone("ResNet50", "resnet", 32, "conv4_block6_out"),  # trains conv5
+    "inceptionv3": Backbone("InceptionV3", "inception_v3", 75, "mixed8"),  # trains mixed9, mixed10
+    "simple_cnn": Backbone("", "", 32, "conv3_pool"),
+}
+
+
+@keras.saving.register_keras_serializable(package="braintumor")
+class BackbonePreprocess(keras.layers.Layer):
+    """The backbone's `preprocess_input` as a layer: saved with the model, loadable in safe mode."""
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, images):
+        images = keras.ops.cast(images, self.compute_dtype)
+        module = BACKBONES[self.backbone].preprocess_module
+        if not module:
+            return images / 255.0
+        return getattr(keras.applications, module).preprocess_input(images)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    """A small from-scratch baseline: three conv blocks, trains on a CPU in minutes."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for block, filters in enumerate((32, 64, 128), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
+        # momentum 0.9: small data sets give few steps per epoch for the moving statistics to settle
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"conv{block}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"conv{block}_relu")(x)
+        x = keras.layers.MaxPooling2D(name=f"conv{block}_pool")(x)
+    model = keras.Model(inputs, x, name="simple_cnn")
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+def _keras_cache() -> str:
+    return str(Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models")
+
+
+def _resolve_weights(cfg: ModelConfig) -> str | None:
+    if cfg.weights == "none":
+        return None
+    if cfg.weights == "imagenet":
+        return "imagenet"
+    path = Path(cfg.weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"model.weights file {path} not found; give an existing weights file, "
+                        "or set model.weights to imagenet or none")
+    return str(path)
+
+
+def build_backbone(cfg: ModelConfig, image_size: int) -> keras.Model:
+    """The backbone alone (no head), with the weights the config asks for."""
+    spec = BACKBONES[cfg.backbone]
+    shape = (image_size, image_size, 3)
+    weights = _resolve_weights(cfg)
+    try:
+        if not spec.constructor:
+            return _simple_cnn(shape, weights)
+        return getattr(keras.applications, spec.constructor)(include_top=False, weights=weights, input_shape=shape)
+    except Exception as err:  # Keras raises plain Exception/ValueError for both failures below
+        if weights is None:
+            raise
+        cause = describe(err)
+        if weights == "imagenet":
+            raise UserError(
+                f"could not get ImageNet weights for {cfg.backbone} ({cause}); Keras downloads them once into "
+                f"{_keras_cache()} — connect to the internet, copy the file named in the URL there, or set "
+                "model.weights to none or a local weights file") from err
+        raise UserError(f"weights file {weights} does not fit {cfg.backbone} at {image_size} px ({cause}); "
+                        f"use a file saved from a {cfg.backbone} backbone without its top layers") from err
+
+
+def _freeze(backbone: keras.Model, cfg: ModelConfig) -> None:
+    if cfg.mode == "full":
+        backbone.trainable = True
+    elif cfg.mode == "feature-extraction":
+        backbone.trainable = False
+    else:
+        boundary = cfg.fine_tune_after or BACKBONES[cfg.backbone].fine_tune_after
+        names = [layer.name for layer in backbone.layers]
+        if boundary not in names:
+            raise UserError(f"model.fine_tune_after = {boundary!r} is not a layer of {cfg.backbone}; "
+                            f"use a layer name such as {names[len(names) // 2]!r}")
+        first_trainable = names.index(boundary) + 1
+        for index, layer in enumerate(backbone.layers):
+            layer.trainable = index >= first_trainable
+
+
+def build_model(cfg: ModelConfig, image_size: int, num_classes: int) -> keras.Model:
+    """Preprocess → backbone → pooling → dropout → softmax, trainable as `cfg.mode` says."""
+    backbone = build_backbone(cfg, image_size)
+    _freeze(backbone, cfg)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = BackbonePreprocess(cfg.backbone, name="preprocess")(inputs)
+    # BatchNorm keeps its ImageNet statistics unless the whole backbone is retrained.
+    x = backbone(x, training=False) if cfg.mode != "full" else backbone(x)
+    pooling = keras.layers.GlobalAveragePooling2D if cfg.pooling == "avg" else keras.layers.GlobalMaxPooling2D
+    x = pooling(name="pool")(x)
+    head = keras.Sequential(
+        [keras.layers.Dropout(cfg.dropout, name="dropout"),
+         keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")],
+        name="head",
+    )
+    return keras.Model(inputs, head(x), name=f"{cfg.backbone}_{cfg.mode.replace('-', '_')}")

@@ -1,0 +1,137 @@
+"""Report files of the run-directory contract: metrics.json, classification_report.txt,
+confusion_matrix.png, predictions.csv and curves.png, plus the readers compare needs."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from sklearn.metrics import classification_report
+
+from .errors import UserError
+from .metrics import compute_metrics
+from .rundir import write_json
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+
+PREDICTION_COLUMNS = ("file", "true", "predicted")
+
+
+def write_evaluation(
+    out_dir: Path, files: Sequence[str], y_true: np.ndarray, probs: np.ndarray,
+    classes: Sequence[str], seed: int = 0, extra: dict | None = None,
+) -> dict:
+    """Write the four evaluation reports into ``out_dir`` and return what went into metrics.json."""
+    # float64 throughout: predictions.csv stores float64 exactly, so re-reading gives these metrics
+    probs = np.asarray(probs, dtype=np.float64)
+    metrics = {**compute_metrics(y_true, probs, classes, seed=seed), **(extra or {})}
+    write_json(out_dir / "metrics.json", metrics)
+    (out_dir / "classification_report.txt").write_text(
+        _classification_report(y_true, probs.argmax(axis=1), classes, metrics))
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes,
+                          out_dir / "confusion_matrix.png")
+    write_predictions(out_dir / "predictions.csv", files, y_true, probs, classes)
+    return metrics
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a CSV; Python floats are written as repr, which reads back to the same value."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_predictions(
+    path: Path, files: Sequence[str], y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+) -> None:
+    predicted = np.asarray(probs).argmax(axis=1)
+    write_csv(path, [*PREDICTION_COLUMNS, *(f"p_{name}" for name in classes)], (
+        [file, classes[true], classes[pred], *row]
+        for file, true, pred, row in zip(
+            files, y_true, predicted, np.asarray(probs, np.float64).tolist(), strict=True)
+    ))
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Inverse of write_predictions: (files, y_true indices, (N, C) probabilities, classes)."""
+    try:
+        with path.open(newline="") as handle:
+            header, *rows = list(csv.reader(handle))
+        classes = [column.removeprefix("p_") for column in header[len(PREDICTION_COLUMNS):]]
+        _check(tuple(header[:3]) == PREDICTION_COLUMNS and classes
+               and all(c.startswith("p_") for c in header[3:]), "unexpected header")
+        _check(rows and all(len(row) == len(header) for row in rows), "no rows or ragged rows")
+        files = [row[0] for row in rows]
+        _check(len(set(files)) == len(files), "a file is listed twice")
+        index = {name: k for k, name in enumerate(classes)}
+        y_true = np.array([index[row[1]] for row in rows])
+        probs = np.array([[float(value) for value in row[3:]] for row in rows])
+        _check(np.isfinite(probs).all(), "non-finite probability")
+        _check([classes[k] for k in probs.argmax(axis=1)] == [row[2] for row in rows],
+               "'predicted' is not the most probable class")
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, KeyError) as err:
+        raise UserError(f"{path}: corrupt predictions file ({err}); "
+                        "re-create it with `braintumor evaluate --run RUN_DIR`") from err
+    return files, y_true, probs, classes
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], out_png: Path) -> None:
+    """Counts next to row-normalised rates (recall on the diagonal)."""
+    row_sums = matrix.sum(axis=1, keepdims=True)
+    rates = np.divide(matrix, row_sums, out=np.zeros(matrix.shape), where=row_sums > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(3 + 2.2 * len(classes), 1.5 + 1.1 * len(classes)))
+    for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"),
+                                   (axes[1], rates, "row-normalised", ".2f")):
+        ax.imshow(values, cmap="Blues", vmin=0)
+        for (row, col), value in np.ndenumerate(values):
+            color = "white" if value > values.max() / 2 else "black"
+            ax.text(col, row, format(value, fmt), ha="center", va="center", color=color)
+        ax.set(title=title, xlabel="predicted", ylabel="true", xticks=range(len(classes)),
+               yticks=range(len(classes)), xticklabels=classes, yticklabels=classes)
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(history_csv: Path, out_png: Path) -> None:
+    """Loss and accuracy per epoch, training against validation."""
+    with history_csv.open(newline="") as handle:
+        history = list(csv.DictReader(handle))
+    epochs = [int(row["epoch"]) for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, name in zip(axes, ("loss", "accuracy"), strict=True):
+        for column, legend in ((name, "training"), (f"val_{name}", "validation")):
+            if history and history[0].get(column):
+                ax.plot(epochs, [float(row[column]) for row in history], marker="o", label=legend)
+        ax.set(title=name, xlabel="epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def _classification_report(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], metrics: dict,
+) -> str:
+    table = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes,
+                                  digits=4, zero_division=0)
+    ci, kappa = metrics["ci95"], metrics["cohen_kappa"]
+    low, high = ci["accuracy"]
+    return (f"{table}\n"
+            f"loss (cross-entropy)  {metrics['loss']:.4f}\n"
+            f"balanced accuracy     {metrics['balanced_accuracy']:.4f}\n"
+            f"Cohen's kappa         {'undefined' if kappa is None else f'{kappa:.4f}'}\n"
+            f"ECE (15 bins)         {metrics['ece']:.4f}\n"
+            f"accuracy 95% CI       [{low:.4f}, {high:.4f}] "
+            f"(bootstrap, {ci['resamples']} resamples, seed {ci['seed']})\n")
+
+
+def _check(condition: object, problem: str) -> None:
+    if not condition:
+        raise ValueError(problem)

@@ -1,0 +1,119 @@
+"""The run directory: unique creation, atomic writes, status marker, environment record.
+
+A run directory is never overwritten: a name clash gets a numeric suffix. Output folders of
+evaluate, compare and audit are built next to their destination and renamed into place, so a
+failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def unique_dir(parent: Path, name: str) -> Path:
+    """`parent/name`, or `parent/name-2`, `-3`, ... if taken; created, checked writable."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 1000):
+            path = parent / (name if attempt == 1 else f"{name}-{attempt}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except PermissionError as err:
+        raise UserError(f"output folder {parent} is not writable; set output.dir (or --out) to a "
+                        "writable folder") from err
+    raise UserError(f"too many runs named {name} in {parent}; choose another name")
+
+
+@contextlib.contextmanager
+def staged_dir(dest: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `dest`; rename it to `dest` on success, delete it on failure."""
+    if dest.exists():
+        raise UserError(f"{dest} already exists; choose another output folder")
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True)
+    except PermissionError as err:
+        raise UserError(f"cannot write in {dest.parent}; choose a writable output folder") from err
+    try:
+        yield tmp
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UserError(f"{path} not found; is this a complete braintumor run directory?") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is corrupt ({err}); re-run the step that writes it") from err
+
+
+def set_status(run_dir: Path, state: str, error: str | None = None) -> None:
+    path = run_dir / "status.json"
+    status = json.loads(path.read_text()) if path.is_file() else {"started": datetime.now().isoformat()}
+    finished = datetime.now().isoformat() if state in ("completed", "failed") else None
+    write_json(path, {**status, "state": state, "finished": finished, "error": error})
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(**extra: Any) -> dict[str, Any]:
+    """Versions, machine and device facts for env.json."""
+    import keras
+    import numpy
+    import sklearn
+    import tensorflow as tf
+
+    return {
+        "command": sys.argv,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "numpy": numpy.__version__,
+        "scikit_learn": sklearn.__version__,
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "git_commit": _git_commit(),
+        **extra,
+    }

@@ -1,0 +1,230 @@
+"""Training: one config → one run directory (see README, "Run directory").
+
+Everything that can fail on bad input (config, data, weights) runs before the run directory is
+created. Each epoch end appends to history.csv, saves the best weights and a resumable last
+checkpoint; `resume` continues from there after a crash or a kill.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+import yaml
+
+from . import augment, evaluate, rundir
+from .config import Config, TrainConfig, load_config, parse_config, save_config
+from .data import Dataset, load_dataset
+from .errors import UserError
+from .models import build_model
+
+CHECKPOINTS = "checkpoints"  # best.weights.h5, last.keras, state.json; removed when the run completes
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(setting: str) -> tuple[str, str]:
+    """The dtype policy to use and why."""
+    if setting != "auto":
+        return setting, "set in config"
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16", "auto: GPU found"
+    if cpu_supports_bf16():
+        return "mixed_bfloat16", "auto: CPU with bfloat16 instructions (AVX-512 BF16 / AMX)"
+    return "float32", "auto: CPU without bfloat16 instructions"
+
+
+def resolve_xla(model: keras.Model, setting: str) -> tuple[bool, str]:
+    """Whether to compile with XLA, and why."""
+    unsupported = [layer.name for layer in _all_layers(model) if not getattr(layer, "supports_jit", True)]
+    if setting == "off":
+        return False, "off in config"
+    if unsupported:
+        return False, f"layer {unsupported[0]} does not support XLA"
+    if setting == "on":
+        return True, "on in config"
+    if not tf.config.list_physical_devices("GPU"):
+        return False, "auto: Keras keeps XLA off on CPU-only machines (train.xla: on forces it)"
+    return True, "auto: GPU and every layer supports XLA"
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if hasattr(layer, "layers"):
+            layers += _all_layers(layer)
+    return layers
+
+
+def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(cfg.learning_rate)
+    if cfg.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(cfg.learning_rate)
+    return keras.optimizers.SGD(cfg.learning_rate, momentum=0.9)
+
+
+def _class_weight(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    if cfg.class_weight == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes)
+    return {i: float(len(labels) / (num_classes * max(n, 1))) for i, n in enumerate(counts)}
+
+
+class EpochState(keras.callbacks.Callback):
+    """Per epoch: history row, best weights (by validation loss), last checkpoint, early stopping.
+
+    The state file is written last, so after a kill at any point it names a complete epoch.
+    """
+
+    def __init__(self, run_dir: Path, patience: int, state: dict):
+        super().__init__()
+        self.run_dir, self.patience, self.state = run_dir, patience, state
+        self.folder = run_dir / CHECKPOINTS
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1, **{key: float(value) for key, value in sorted(logs.items())}}
+        _append_history(self.run_dir / "history.csv", row)
+        val_loss = row.get("val_loss", row["loss"])
+        if self.state["best_val_loss"] is None or val_loss < self.state["best_val_loss"]:
+            self.state.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0)
+            self.model.save_weights(self.folder / "best.weights.h5")
+        else:
+            self.state["wait"] += 1
+        self.model.save(self.folder / "last.keras")
+        self.state["epoch"] = epoch + 1
+        rundir.write_json(self.folder / "state.json", self.state)
+        if self.patience and self.state["wait"] >= self.patience:
+            print(f"early stopping: validation loss has not improved for {self.patience} epochs")
+            self.model.stop_training = True
+
+
+def _append_history(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_history(path: Path, epochs: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:1 + epochs]))
+
+
+def _training_arrays(cfg: Config, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = data.train.images, data.train.labels
+    aug = cfg.augmentation
+    if aug.enabled and aug.mode == "offline":
+        extra, extra_labels = augment.offline_copies(images, labels, data.train.files, aug, data.classes, cfg.seed)
+        images, labels = np.concatenate([images, extra]), np.concatenate([labels, extra_labels])
+        print(f"offline augmentation: {len(data.train.files)} → {len(images)} training images")
+    return images, labels
+
+
+def _prepare(cfg: Config) -> tuple[Dataset, np.ndarray, np.ndarray, str, str]:
+    """Everything that may fail on bad input, before any output is written."""
+    keras.utils.set_random_seed(cfg.seed)
+    precision, precision_reason = resolve_precision(cfg.train.precision)
+    keras.mixed_precision.set_dtype_policy(precision)
+    data = load_dataset(cfg)
+    images, labels = _training_arrays(cfg, data)
+    return data, images, labels, precision, precision_reason
+
+
+def train_from_file(path: Path, overrides: list[str]) -> Path:
+    return run(load_config(path, overrides))
+
+
+def run(cfg: Config) -> Path:
+    """Train one experiment into a new run directory; returns its path."""
+    data, images, labels, precision, precision_reason = _prepare(cfg)
+    model = build_model(cfg.model, cfg.data.image_size, len(data.classes))
+    run_dir = rundir.unique_dir(Path(cfg.output.dir).expanduser(), f"{cfg.name}-{rundir.timestamp()}")
+    (run_dir / CHECKPOINTS).mkdir()
+    rundir.set_status(run_dir, "running")
+    save_config(cfg, run_dir / "config.yaml")
+    rundir.write_json(run_dir / "data.json", data.summary())
+    state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0}
+    return _fit_and_report(cfg, run_dir, data, images, labels, model, state, precision, precision_reason)
+
+
+def resume(run_dir: Path) -> Path:
+    """Continue an interrupted run from its last complete epoch and finish it."""
+    status = rundir.read_json(run_dir / "status.json")
+    if status.get("state") == "completed":
+        raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
+    config_path = run_dir / "config.yaml"
+    cfg = parse_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    data, images, labels, precision, precision_reason = _prepare(cfg)
+    if data.summary()["validation_files"] != rundir.read_json(run_dir / "data.json")["validation_files"]:
+        raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
+                        "resume needs the same files, or start a new run")
+    state_path = run_dir / CHECKPOINTS / "state.json"
+    if state_path.is_file():
+        state = rundir.read_json(state_path)
+        model = keras.models.load_model(run_dir / CHECKPOINTS / "last.keras")
+        print(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}")
+    else:  # killed before the first epoch ended: start over in the same folder
+        state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0}
+        model = build_model(cfg.model, cfg.data.image_size, len(data.classes))
+        print(f"resuming {run_dir} from the start (no epoch had finished)")
+    _truncate_history(run_dir / "history.csv", state["epoch"])
+    rundir.set_status(run_dir, "running")
+    return _fit_and_report(cfg, run_dir, data, images, labels, model, state, precision, precision_reason)
+
+
+def _fit_and_report(cfg: Config, run_dir: Path, data: Dataset, images: np.ndarray, labels: np.ndarray,
+                    model: keras.Model, state: dict, precision: str, precision_reason: str) -> Path:
+    try:
+        xla, xla_reason = resolve_xla(model, cfg.train.xla)
+        if not model.compiled:  # a resumed model comes back compiled, with its optimizer state
+            model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"], jit_compile=xla)
+        device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
+        print(f"device: {device} | precision: {precision} ({precision_reason}) | XLA: "
+              f"{'on' if xla else 'off'} ({xla_reason})")
+        rundir.write_json(run_dir / "env.json", rundir.environment(
+            seed=cfg.seed, device=device, precision=precision, precision_reason=precision_reason,
+            xla=xla, xla_reason=xla_reason))
+        print(f"run directory: {run_dir}")
+        online = cfg.augmentation if cfg.augmentation.enabled and cfg.augmentation.mode == "online" else None
+        if state["epoch"] < cfg.train.epochs and not _stopped_early(cfg, state):
+            model.fit(
+                augment.training_dataset(images, labels, cfg.train.batch_size, cfg.seed, online),
+                validation_data=(data.val.images.astype(np.float32), data.val.labels),
+                batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state["epoch"],
+                shuffle=False,  # the tf.data pipeline shuffles, seeded
+                class_weight=_class_weight(cfg.train, labels, len(data.classes)),
+                callbacks=[EpochState(run_dir, cfg.train.early_stopping_patience, state)], verbose=1)
+        model.load_weights(run_dir / CHECKPOINTS / "best.weights.h5")
+        model.save(run_dir / "model.keras")
+        evaluate.report_training_run(run_dir, cfg, data, state["best_epoch"])
+        shutil.rmtree(run_dir / CHECKPOINTS)
+        rundir.set_status(run_dir, "completed")
+    except BaseException as err:
+        rundir.set_status(run_dir, "failed", f"{type(err).__name__}: {err}".strip())
+        raise
+    print(f"done: {run_dir}")
+    return run_dir
+
+
+def _stopped_early(cfg: Config, state: dict) -> bool:
+    patience = cfg.train.early_stopping_patience
+    return bool(patience) and state["wait"] >= patience

@@ -1,0 +1,272 @@
+"""compare.py on run folders written with the real report writers."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import binomtest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from braintumor.cli import main
+from braintumor.compare import compare_runs
+from braintumor.errors import UserError
+from braintumor.reports import write_evaluation
+from braintumor.rundir import write_json
+
+CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
+
+
+def make_run(outputs: Path, folder: str, *, backbone: str = "vgg16", label: str | None = None,
+             seed: int = 0, n: int = 60, split: str = "Testing", state: str = "completed",
+             shuffled: bool = False) -> Path:
+    """A run folder as `braintumor train` leaves it, with seeded random predictions."""
+    run = outputs / folder
+    run.mkdir(parents=True)
+    config = {"name": run.name.split("-")[0], "label": label, "seed": seed,
+              "model": {"backbone": backbone, "mode": "fine-tune"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    write_json(run / "status.json", {"state": state, "started": "2024-01-01T00:00:00",
+                                     "finished": None, "error": None})
+    if state == "completed":
+        write_predictions(run, seed=seed, n=n, split=split, shuffled=shuffled)
+    return run
+
+
+def write_predictions(folder: Path, *, seed: int, n: int = 60, split: str = "Testing",
+                      shuffled: bool = False) -> None:
+    rng = np.random.default_rng(seed)
+    y_true = np.arange(n) % 4  # file i always has the same class, whichever run scores it
+    logits = rng.normal(size=(n, 4)) * 1.5
+    logits[np.arange(n), y_true] += rng.uniform(0.5, 2.5)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    files = np.array([f"{split}/{CLASSES[t]}/image({i}).jpg" for i, t in enumerate(y_true)])
+    order = rng.permutation(n) if shuffled else np.arange(n)
+    write_evaluation(folder, files[order].tolist(), y_true[order], probs[order], CLASSES, seed=seed,
+                     extra={"split": split})
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, Path]:
+    """Three VGG16 runs, two ResNet50 runs (one on another test set), a failed and a running run."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    make_run(outputs, "vgg_features-20240101-000000", label="VGG16-I", seed=1)
+    make_run(outputs, "vgg_full-20240101-000000", label="VGG16-II", seed=2, shuffled=True)
+    make_run(outputs, "vgg_adam-20240101-000000", label="VGG16-III", seed=3)
+    make_run(outputs, "resnet-20240101-000000", backbone="resnet50", seed=4)
+    make_run(outputs, "nested/resnet_other-20240101-000000", backbone="resnet50", seed=5, n=48,
+             split="Holdout")
+    make_run(outputs, "broken-20240101-000000", state="failed")
+    make_run(outputs, "busy-20240101-000000", state="running")
+    out = compare_runs(outputs, out_dir=outputs.parent / "comparison")
+    return outputs, out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def recompute(folder: Path) -> dict:
+    """Everything the tables report, from predictions.csv alone, with scikit-learn."""
+    rows = read_csv(folder / "predictions.csv")
+    truth, predicted = [r["true"] for r in rows], [r["predicted"] for r in rows]
+    probs = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    one_hot = np.array([[t == c for c in CLASSES] for t in truth])
+    scores = {"n": len(rows), "accuracy": accuracy_score(truth, predicted),
+              "loss": log_loss(truth, probs, labels=CLASSES),
+              "balanced_accuracy": balanced_accuracy_score(truth, predicted),
+              "cohen_kappa": cohen_kappa_score(truth, predicted),
+              "roc_auc_macro": roc_auc_score(one_hot, probs, average="macro"),
+              "ece": ece_by_hand(truth, predicted, probs.max(axis=1))}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(truth, predicted, labels=CLASSES,
+                                                     average=average, zero_division=0)
+        scores |= {f"{average}_precision": p, f"{average}_recall": r, f"{average}_f1": f}
+    p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=CLASSES, zero_division=0)
+    scores["per_class"] = {c: {"precision": p[k], "recall": r[k], "f1": f[k], "support": s[k],
+                               "roc_auc": roc_auc_score(one_hot[:, k], probs[:, k])}
+                           for k, c in enumerate(CLASSES)}
+    scores["correct"] = {row["file"]: row["true"] == row["predicted"] for row in rows}
+    return scores
+
+
+def ece_by_hand(truth: list[str], predicted: list[str], confidence: np.ndarray) -> float:
+    gap = 0.0
+    for low in np.arange(15) / 15:
+        members = [i for i, c in enumerate(confidence) if low <= c < low + 1 / 15]
+        hits = sum(truth[i] == predicted[i] for i in members)
+        gap += abs(hits - sum(confidence[i] for i in members))
+    return gap / len(truth)
+
+
+def test_every_table_number_equals_a_recomputation_from_predictions(study):
+    outputs, out = study
+    summary = read_csv(out / "summary.csv")
+    assert len(summary) == 5
+    for row in summary:
+        folder = outputs / row["folder"]
+        expected = recompute(folder)
+        stored_ci = json.loads((folder / "metrics.json").read_text())["ci95"]
+        assert int(row["n"]) == expected["n"]
+        for column in ("accuracy", "loss", "balanced_accuracy", "cohen_kappa", "roc_auc_macro",
+                       "ece", "macro_precision", "macro_recall", "macro_f1",
+                       "weighted_precision", "weighted_recall", "weighted_f1"):
+            assert float(row[column]) == pytest.approx(expected[column], rel=1e-9), column
+        assert [float(row["accuracy_ci_low"]), float(row["accuracy_ci_high"])] == (
+            stored_ci["accuracy"])
+        assert [float(row["macro_f1_ci_low"]), float(row["macro_f1_ci_high"])] == (
+            stored_ci["macro_f1"])
+
+    per_class = read_csv(out / "per_class.csv")
+    assert len(per_class) == 5 * len(CLASSES)
+    folders = {row["label"]: outputs / row["folder"] for row in summary}
+    for row in per_class:
+        expected = recompute(folders[row["label"]])["per_class"][row["class"]]
+        for column in ("precision", "recall", "f1", "support", "roc_auc"):
+            assert float(row[column]) == pytest.approx(expected[column], rel=1e-12), column
+
+    mcnemar_rows = read_csv(out / "mcnemar.csv")
+    assert len(mcnemar_rows) == 3  # the best run of G1 against its three others; G2 has one run
+    for row in mcnemar_rows:
+        best, other = recompute(folders[row["best"]]), recompute(folders[row["other"]])
+        assert best["correct"].keys() == other["correct"].keys()
+        b = sum(best["correct"][f] and not other["correct"][f] for f in best["correct"])
+        c = sum(other["correct"][f] and not best["correct"][f] for f in best["correct"])
+        assert (int(row["only_best_correct"]), int(row["only_other_correct"])) == (b, c)
+        expected_p = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+        assert float(row["p_value"]) == pytest.approx(expected_p, rel=1e-9)
+        assert float(row["best_accuracy"]) == pytest.approx(best["accuracy"], rel=1e-12)
+        assert float(row["other_accuracy"]) == pytest.approx(other["accuracy"], rel=1e-12)
+
+
+def test_runs_on_different_test_files_are_grouped_and_ranked_apart(study):
+    outputs, out = study
+    summary = read_csv(out / "summary.csv")
+    groups = {row["group"] for row in summary}
+    assert groups == {"G1 (60 images under Testing)", "G2 (48 images under Holdout)"}
+    for group in groups:
+        rows = [row for row in summary if row["group"] == group]
+        accuracies = [float(row["accuracy"]) for row in rows]
+        assert accuracies == sorted(accuracies, reverse=True)
+        assert rows[0]["rank"] == "1" and rows[0]["best"] == "yes"
+    holdout = [row for row in summary if row["group"].startswith("G2")]
+    assert [row["folder"] for row in holdout] == ["nested/resnet_other-20240101-000000"]
+    assert all(row["group"].startswith("G1") for row in read_csv(out / "mcnemar.csv"))
+    # the shuffled run wrote the same files in another order: same group, aligned by file
+    assert "VGG16-II" in {row["label"] for row in summary if row["group"].startswith("G1")}
+
+
+def test_report_lists_unfinished_runs_and_has_all_sections(study, capsys):
+    outputs, out = study
+    assert sorted(path.name for path in out.iterdir()) == [
+        "comparison.md", "comparison.png", "mcnemar.csv", "per_class.csv", "summary.csv"]
+    report = (out / "comparison.md").read_text()
+    for heading in ("## Summary", "## McNemar", "### vgg16", "### resnet50", "## Incomplete"):
+        assert heading in report
+    assert "| broken-20240101-000000 | broken | failed | metrics.json, predictions.csv |" in report
+    assert "| busy-20240101-000000 | busy | running |" in report
+    assert "VGG16-I P | VGG16-I R | VGG16-I F1" in report
+    assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
+    summary_labels = {row["label"] for row in read_csv(out / "summary.csv")}
+    assert summary_labels == {"VGG16-I", "VGG16-II", "VGG16-III", "resnet", "resnet_other"}
+
+
+def test_terminal_summary_labels_eval_results_and_ranks_by_loss(tmp_path, capsys):
+    first = make_run(tmp_path, "a-20240101-000000", label="same", seed=1)
+    make_run(tmp_path, "b-20240101-000000", label="same", seed=2)
+    evaluation = first / "eval" / "Testing-20240102-000000"
+    evaluation.mkdir(parents=True)
+    write_predictions(evaluation, seed=3)
+
+    out = compare_runs(tmp_path, metric="loss", out_dir=tmp_path / "plain")
+    printed = capsys.readouterr().out
+    assert "ranked by loss" in printed and "same (a-20240101-000000)" in printed
+    assert str(out) in printed
+    assert len(read_csv(out / "summary.csv")) == 2
+
+    out = compare_runs(tmp_path, metric="loss", out_dir=tmp_path / "with-eval", include_eval=True)
+    summary = read_csv(out / "summary.csv")
+    losses = [float(row["loss"]) for row in summary]
+    assert losses == sorted(losses)
+    assert "same eval/Testing-20240102-000000" in {row["label"] for row in summary}
+
+
+def test_default_output_folder_is_timestamped_inside_outputs(tmp_path):
+    make_run(tmp_path, "a-20240101-000000", seed=1)
+    out = compare_runs(tmp_path)
+    assert out.parent == tmp_path and out.name.startswith("comparison-")
+    assert (out / "summary.csv").is_file()
+    with pytest.raises(UserError, match="already exists"):
+        compare_runs(tmp_path, out_dir=out)
+
+
+def corrupt_metrics(outputs: Path) -> Path:
+    path = make_run(outputs, "a-20240101-000000") / "metrics.json"
+    path.write_text('{"n": 60, "accuracy": ')
+    return path
+
+
+def stale_metrics(outputs: Path) -> Path:
+    path = make_run(outputs, "a-20240101-000000") / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "accuracy": 0.123}))
+    return path
+
+
+def corrupt_predictions(outputs: Path) -> Path:
+    path = make_run(outputs, "a-20240101-000000") / "predictions.csv"
+    path.write_text(path.read_text().replace("0.", "O.", 3))
+    return path
+
+
+def no_runs(outputs: Path) -> Path:
+    (outputs / "notes.txt").write_text("no runs here")
+    return outputs
+
+
+def only_failed_runs(outputs: Path) -> Path:
+    make_run(outputs, "a-20240101-000000", state="failed")
+    return outputs
+
+
+@pytest.mark.parametrize("make_bad_input, message", [
+    (lambda outputs: outputs / "missing", "no such folder"),
+    (no_runs, "no runs found"),
+    (only_failed_runs, "no completed runs"),
+    (corrupt_metrics, "is corrupt"),
+    (stale_metrics, "disagrees with the predictions.csv"),
+    (corrupt_predictions, "corrupt predictions file"),
+])
+def test_bad_input_names_the_file_and_leaves_nothing_behind(tmp_path, make_bad_input, message):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    named = make_bad_input(outputs)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(UserError, match=message) as error:
+        compare_runs(outputs if named.name != "missing" else named, out_dir=tmp_path / "cmp")
+    assert str(named) in str(error.value)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_cli_exits_2_with_one_line_naming_the_file(tmp_path, capsys):
+    path = corrupt_predictions(tmp_path)
+    assert main(["compare", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(path) in error
+    assert not any(p.name.startswith("comparison") for p in tmp_path.iterdir())
+
+
+def test_unknown_metric_names_the_allowed_ones(tmp_path, capsys):
+    make_run(tmp_path, "a-20240101-000000")
+    assert main(["compare", str(tmp_path), "--metric", "f2"]) == 2
+    assert "unknown metric 'f2'; use one of: accuracy, balanced_accuracy, macro_f1" in (
+        capsys.readouterr().err)

@@ -1,0 +1,107 @@
+"""Config schema: defaults, strict keys and values, overrides, the shipped config files."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from braintumor.cli import main
+from braintumor.config import Config, load_config, parse_config
+from braintumor.errors import UserError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_and_overrides_are_typed():
+    cfg = parse_config({}, "test", ["train.epochs=3", "train.learning_rate=1e-5", "data.preprocess=[brain_crop]",
+                                    "model.weights=none", "augmentation.enabled=true"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.learning_rate == pytest.approx(1e-5)
+    assert cfg.data.preprocess == ["brain_crop"]
+    assert cfg.model.weights == "none"
+    assert cfg.augmentation.enabled is True and cfg.augmentation.brightness == [0.8, 2.0]
+    assert cfg.model.backbone == Config().model.backbone  # untouched keys keep defaults
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"trian": {"epochs": 1}}, "unknown key 'trian'; did you mean 'train'?"),
+    ({"train": {"learnig_rate": 0.1}}, "unknown key 'train.learnig_rate'; did you mean 'train.learning_rate'?"),
+    ({"train": {"learning_rate": -0.001}}, "train.learning_rate = -0.001 is not allowed"),
+    ({"model": {"backbone": "alexnet"}}, "model.backbone = 'alexnet' is not allowed; use one of: vgg16"),
+    ({"model": {"mode": "frozen"}}, "model.mode = 'frozen' is not allowed; use one of: feature-extraction"),
+    ({"train": {"epochs": "ten"}}, "train.epochs = 'ten' must be of type int"),
+    ({"train": {"epochs": True}}, "train.epochs = True must be of type int"),
+    ({"augmentation": {"brightness": [2.0, 0.8]}}, "augmentation.brightness = [2.0, 0.8] is not allowed"),
+    ({"data": {"preprocess": ["blur"]}}, "data.preprocess[0] = 'blur' is not allowed"),
+    ({"model": {"backbone": "inceptionv3"}, "data": {"image_size": 64}}, "below inceptionv3's minimum"),
+    ({"model": {"backbone": "simple_cnn"}}, "model.weights = 'imagenet' is not allowed"),
+    ({"data": "root"}, "data must be a mapping"),
+])
+def test_bad_configs_name_the_key(raw, expected):
+    with pytest.raises(UserError, match=re.escape(expected)):
+        parse_config(raw, "test")
+
+
+def test_bad_override_syntax():
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_config({}, "test", ["train.epochs"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_document_themselves_and_state_only_differences(path):
+    text = path.read_text()
+    assert text.startswith("# "), "each config starts with a comment naming its experiment"
+    assert f"braintumor train configs/{path.name}" in text.split("\n\n")[0]
+    defaults = dataclasses.asdict(Config())
+    for section, values in (yaml.safe_load(text) or {}).items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                assert value != defaults[section][key], f"{section}.{key} restates the default"
+    load_config(path)
+
+
+def test_thirteen_configs_including_the_studys_chosen_model():
+    names = {p.name for p in CONFIGS}
+    assert len(names) == 13 and "inception_rmsprop.yaml" in names and "quickstart.yaml" in names
+    cfg = load_config(Path(CONFIGS[0]).parent / "inception_rmsprop.yaml")
+    assert (cfg.model.backbone, cfg.model.mode, cfg.train.optimizer, cfg.train.learning_rate) == \
+        ("inceptionv3", "fine-tune", "rmsprop", 1e-5)
+    assert cfg.augmentation.enabled and cfg.augmentation.mode == "offline" and cfg.augmentation.copies == 1
+
+
+def test_validate_cli_accepts_all_shipped_configs(capsys):
+    assert main(["validate", *map(str, CONFIGS)]) == 0
+    assert capsys.readouterr().out.count("ok ") == 13
+
+
+@pytest.mark.parametrize("content, key", [
+    ("train:\n  learnig_rate: 0.01\n", "train.learnig_rate"),
+    ("train:\n  learning_rate: -1\n", "train.learning_rate"),
+    ("model:\n  backbone: alexnet\n", "model.backbone"),
+])
+def test_validate_cli_fails_with_exit_2_naming_the_key(tmp_path, capsys, content, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trian: {}\n")
+    with pytest.raises(UserError):
+        main(["--debug", "validate", str(path)])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: [unclosed\n")
+    assert main(["validate", str(path)]) == 2
+    assert "invalid YAML at line" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "absent.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
