@@ -236,15 +236,20 @@ def load_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[Spl
 
 # ---------------------------------------------------------------- the whole data set
 
-def load_dataset(cfg: Config) -> Dataset:
-    """Training (minus a stratified validation split) and Testing, as the config says."""
-    data = cfg.data
-    if data.make_synthetic_if_missing and not Path(data.root).expanduser().exists():
+def find_classes(cfg: DataConfig) -> list[str]:
+    """The class names (writing the synthetic data set first where the config asks for it)."""
+    if cfg.make_synthetic_if_missing and not Path(cfg.root).expanduser().exists():
         from .synth import make_dataset
 
-        print(f"data root {data.root} is absent: writing the synthetic quickstart data set there")
-        make_dataset(Path(data.root).expanduser())
-    classes = discover_classes(data)
+        print(f"data root {cfg.root} is absent: writing the synthetic quickstart data set there")
+        make_dataset(Path(cfg.root).expanduser())
+    return discover_classes(cfg)
+
+
+def load_dataset(cfg: Config, classes: list[str] | None = None) -> Dataset:
+    """Training (minus a stratified validation split) and Testing, as the config says."""
+    data = cfg.data
+    classes = classes or find_classes(data)
     train, train_on_disk, skipped_train, ignored_train = load_split(data, data.train_dir, classes)
     test, test_on_disk, skipped_test, ignored_test = load_split(data, data.test_dir, classes)
     dropped: list[str] = []

@@ -19,27 +19,34 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, describe
 
 
 def timestamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def unique_dir(parent: Path, name: str) -> Path:
-    """`parent/name`, or `parent/name-2`, `-3`, ... if taken; created, checked writable."""
+def ensure_writable(parent: Path) -> None:
+    """Create `parent` if needed; fail with the fix if runs cannot be written there."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, 1000):
-            path = parent / (name if attempt == 1 else f"{name}-{attempt}")
-            try:
-                path.mkdir()
-                return path
-            except FileExistsError:
-                continue
-    except PermissionError as err:
-        raise UserError(f"output folder {parent} is not writable; set output.dir (or --out) to a "
-                        "writable folder") from err
+    except OSError as err:
+        raise UserError(f"output folder {parent} cannot be created ({describe(err)}); "
+                        "set output.dir (or --out) to a writable folder") from err
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"output folder {parent} is not writable; set output.dir (or --out) to a writable folder")
+
+
+def unique_dir(parent: Path, name: str) -> Path:
+    """`parent/name`, or `parent/name-2`, `-3`, ... if taken; created."""
+    ensure_writable(parent)
+    for attempt in range(1, 1000):
+        path = parent / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
     raise UserError(f"too many runs named {name} in {parent}; choose another name")
 
 

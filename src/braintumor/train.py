@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -19,7 +20,7 @@ import yaml
 
 from . import augment, evaluate, rundir
 from .config import Config, TrainConfig, load_config, parse_config, save_config
-from .data import Dataset, load_dataset
+from .data import Dataset, find_classes, load_dataset
 from .errors import UserError
 from .models import build_model
 
@@ -138,14 +139,29 @@ def _training_arrays(cfg: Config, data: Dataset) -> tuple[np.ndarray, np.ndarray
     return images, labels
 
 
-def _prepare(cfg: Config) -> tuple[Dataset, np.ndarray, np.ndarray, str, str]:
-    """Everything that may fail on bad input, before any output is written."""
+@dataclass
+class Prepared:
+    """What a run needs, built before any output is written (bad input fails here)."""
+
+    data: Dataset
+    images: np.ndarray  # training images, offline augmented copies included
+    labels: np.ndarray
+    model: keras.Model
+    precision: str
+    precision_reason: str
+
+
+def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     keras.utils.set_random_seed(cfg.seed)
     precision, precision_reason = resolve_precision(cfg.train.precision)
     keras.mixed_precision.set_dtype_policy(precision)
-    data = load_dataset(cfg)
+    classes = find_classes(cfg.data)
+    # the model first: a bad weights file fails in seconds, not after decoding the images
+    model = (keras.models.load_model(checkpoint) if checkpoint
+             else build_model(cfg.model, cfg.data.image_size, len(classes)))
+    data = load_dataset(cfg, classes)
     images, labels = _training_arrays(cfg, data)
-    return data, images, labels, precision, precision_reason
+    return Prepared(data, images, labels, model, precision, precision_reason)
 
 
 def train_from_file(path: Path, overrides: list[str]) -> Path:
@@ -154,15 +170,15 @@ def train_from_file(path: Path, overrides: list[str]) -> Path:
 
 def run(cfg: Config) -> Path:
     """Train one experiment into a new run directory; returns its path."""
-    data, images, labels, precision, precision_reason = _prepare(cfg)
-    model = build_model(cfg.model, cfg.data.image_size, len(data.classes))
+    rundir.ensure_writable(Path(cfg.output.dir).expanduser())
+    prepared = _prepare(cfg)
     run_dir = rundir.unique_dir(Path(cfg.output.dir).expanduser(), f"{cfg.name}-{rundir.timestamp()}")
     (run_dir / CHECKPOINTS).mkdir()
     rundir.set_status(run_dir, "running")
     save_config(cfg, run_dir / "config.yaml")
-    rundir.write_json(run_dir / "data.json", data.summary())
+    rundir.write_json(run_dir / "data.json", prepared.data.summary())
     state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0}
-    return _fit_and_report(cfg, run_dir, data, images, labels, model, state, precision, precision_reason)
+    return _fit_and_report(cfg, run_dir, prepared, state)
 
 
 def resume(run_dir: Path) -> Path:
@@ -172,26 +188,26 @@ def resume(run_dir: Path) -> Path:
         raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
     config_path = run_dir / "config.yaml"
     cfg = parse_config(yaml.safe_load(config_path.read_text()), str(config_path))
-    data, images, labels, precision, precision_reason = _prepare(cfg)
-    if data.summary()["validation_files"] != rundir.read_json(run_dir / "data.json")["validation_files"]:
-        raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
-                        "resume needs the same files, or start a new run")
     state_path = run_dir / CHECKPOINTS / "state.json"
     if state_path.is_file():
         state = rundir.read_json(state_path)
-        model = keras.models.load_model(run_dir / CHECKPOINTS / "last.keras")
+        prepared = _prepare(cfg, checkpoint=run_dir / CHECKPOINTS / "last.keras")
         print(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}")
     else:  # killed before the first epoch ended: start over in the same folder
         state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0}
-        model = build_model(cfg.model, cfg.data.image_size, len(data.classes))
+        prepared = _prepare(cfg)
         print(f"resuming {run_dir} from the start (no epoch had finished)")
+    if prepared.data.summary()["validation_files"] != rundir.read_json(run_dir / "data.json")["validation_files"]:
+        raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
+                        "resume needs the same files, or start a new run")
     _truncate_history(run_dir / "history.csv", state["epoch"])
     rundir.set_status(run_dir, "running")
-    return _fit_and_report(cfg, run_dir, data, images, labels, model, state, precision, precision_reason)
+    return _fit_and_report(cfg, run_dir, prepared, state)
 
 
-def _fit_and_report(cfg: Config, run_dir: Path, data: Dataset, images: np.ndarray, labels: np.ndarray,
-                    model: keras.Model, state: dict, precision: str, precision_reason: str) -> Path:
+def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict) -> Path:
+    data, images, labels, model = prepared.data, prepared.images, prepared.labels, prepared.model
+    precision, precision_reason = prepared.precision, prepared.precision_reason
     try:
         xla, xla_reason = resolve_xla(model, cfg.train.xla)
         if not model.compiled:  # a resumed model comes back compiled, with its optimizer state
