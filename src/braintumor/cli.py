@@ -6,6 +6,7 @@ Heavy modules (TensorFlow) are imported inside the commands so `validate` and `-
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -78,22 +79,26 @@ def _download(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="braintumor", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # --debug is accepted after the command too; SUPPRESS keeps the subcommand from resetting it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True)
+    add_command = functools.partial(commands.add_parser, parents=[debug])
     overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE",
                  "help": "override a config value, e.g. --set train.epochs=2 (YAML-typed; repeatable)"}
 
-    p = commands.add_parser("train", help="train one experiment from a YAML config")
+    p = add_command("train", help="train one experiment from a YAML config")
     p.add_argument("config", nargs="?", help="YAML config, e.g. configs/inception_rmsprop.yaml")
     p.add_argument("--set", **overrides)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last saved epoch")
     p.set_defaults(func=_train)
 
-    p = commands.add_parser("validate", help="check configs without training")
+    p = add_command("validate", help="check configs without training")
     p.add_argument("configs", nargs="+", metavar="CONFIG")
     p.add_argument("--set", **overrides)
     p.set_defaults(func=_validate)
 
-    p = commands.add_parser("evaluate", help="evaluate a trained run on a split or another folder tree")
+    p = add_command("evaluate", help="evaluate a trained run on a split or another folder tree")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--data", metavar="ROOT", help="data root (default: the run's data.root)")
     p.add_argument("--split", default="Testing", help="Testing, Training, validation, or a folder name under ROOT")
@@ -103,15 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report metrics on the test images that have no twin in Training")
     p.set_defaults(func=_evaluate)
 
-    p = commands.add_parser("compare", help="side-by-side tables of all runs under a folder")
+    p = add_command("compare", help="side-by-side tables of all runs under a folder")
     p.add_argument("outputs", metavar="OUTPUTS_DIR")
     p.add_argument("--metric", default="accuracy", help="rank runs by this metric (default: accuracy)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: OUTPUTS_DIR/comparison-<time>)")
     p.add_argument("--include-eval", action="store_true", help="also compare results under RUN_DIR/eval/")
     p.set_defaults(func=_compare)
 
-    data = commands.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("synth", help="write a small synthetic MRI-like data set")
+    data = add_command("data", help="data set tools").add_subparsers(dest="data_command", required=True)
+    add_data_command = functools.partial(data.add_parser, parents=[debug])
+    p = add_data_command("synth", help="write a small synthetic MRI-like data set")
     p.add_argument("dest")
     p.add_argument("--train-per-class", type=int, default=60)
     p.add_argument("--test-per-class", type=int, default=20)
@@ -119,12 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_synth)
 
-    p = data.add_parser("audit", help="leakage, label conflicts and Training/Testing shift of a data set")
+    p = add_data_command("audit", help="leakage, label conflicts and Training/Testing shift of a data set")
     p.add_argument("root")
     p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/audit-<time>)")
     p.set_defaults(func=_audit)
 
-    p = data.add_parser("download", help="fetch and verify the public data set")
+    p = add_data_command("download", help="fetch and verify the public data set")
     p.add_argument("--dest", default="data/brain-tumor-mri")
     p.add_argument("--archive", metavar="ZIP", help="use a local zip instead of downloading")
     p.add_argument("--url", default=None, help="archive URL (default: the data set's GitHub archive)")
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
         return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

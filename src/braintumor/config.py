@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, describe
 
 Mode = Literal["feature-extraction", "fine-tune", "full"]
 Preprocess = Literal["brain_crop", "standardize"]
@@ -228,10 +228,11 @@ def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
         raise UserError(f"config file {path} not found; pass a YAML file such as configs/quickstart.yaml")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: invalid YAML{where}; fix the syntax") from err
+        raise UserError(f"{path}: invalid YAML{where} ({getattr(err, 'problem', None) or describe(err)}); "
+                        "fix the syntax") from err
     if isinstance(raw, dict):
         raw.setdefault("name", path.stem)
     return parse_config(raw, str(path), overrides)

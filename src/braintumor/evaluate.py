@@ -12,12 +12,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import yaml
 
 from . import models, reports, rundir  # noqa: F401  (models registers the custom layers for loading)
-from .config import Config, parse_config
-from .data import Dataset, Split, load_split
+from .audit import find_test_twins
+from .config import Config, DataConfig, load_config
+from .data import Dataset, Split, list_split, load_split
 from .errors import UserError, describe
+from .metrics import compute_metrics
 
 PREDICT_BATCH = 64
 
@@ -36,45 +37,63 @@ def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images.astype(np.float32), batch_size=PREDICT_BATCH, verbose=0), np.float64)
 
 
-def _evaluate_split(model: keras.Model, split: Split, classes: list[str], out_dir: Path, seed: int,
-                    extra: dict, tta: bool = False) -> dict:
+def _leak_free(split: Split, probs: np.ndarray, classes: list[str], seed: int, cfg: DataConfig) -> dict:
+    """Metrics on the images of `split` that have no exact or near duplicate in the Training folder."""
+    root = Path(cfg.root).expanduser()
+    training, _, _ = list_split(cfg, cfg.train_dir, classes)
+    twins = find_test_twins([root / f for f in training], [root / f for f in split.files],
+                            cache_dir=Path(cfg.cache_dir).expanduser())
+    twin_files = {p.relative_to(root).as_posix() for p in twins}
+    keep = np.array([f not in twin_files for f in split.files])
+    return {"excluded": len(twin_files), "excluded_files": sorted(twin_files),
+            **compute_metrics(split.labels[keep], probs[keep], classes, seed=seed)}
+
+
+def _evaluate_split(model: keras.Model, split: Split, classes: list[str], out_dir: Path, seed: int, extra: dict,
+                    data_cfg: DataConfig, tta: bool = False, leak_free: bool = False) -> dict:
     probs = predict(model, split.images)
     if tta:
         flipped = predict(model, split.images[:, :, ::-1])
-        from .metrics import compute_metrics
-
         extra = {**extra, "tta": compute_metrics(split.labels, (probs + flipped) / 2, classes, seed=seed)}
-    return reports.write_evaluation(out_dir, split.files, split.labels, probs, classes, seed=seed, extra=extra)
+    if leak_free:
+        extra = {**extra, "leak_free": _leak_free(split, probs, classes, seed, data_cfg)}
+    metrics = reports.write_evaluation(out_dir, split.files, split.labels, probs, classes, seed=seed, extra=extra)
+    _print_summary(extra["split"], metrics, len(split.files))
+    return metrics
+
+
+def _print_summary(split: str, metrics: dict, n: int) -> None:
+    print(f"{split}: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+          f"macro F1 {metrics['macro_avg']['f1']:.4f} ({n} images)")
+    for key, title in (("tta", "with flip TTA"), ("leak_free", "leak-free subset")):
+        if key in metrics:
+            part = metrics[key]
+            print(f"{split} {title}: accuracy {part['accuracy']:.4f} ({part['n']} images"
+                  + (f", {part['excluded']} with a Training twin left out)" if key == "leak_free" else ")"))
 
 
 def report_training_run(run_dir: Path, cfg: Config, data: Dataset, best_epoch: int | None) -> dict:
-    """Testing metrics and plots of a finished training run, written into the run directory."""
+    """Testing metrics (official and leak-free) and plots of a finished run, written into the run directory."""
     model = load_run_model(run_dir)
     metrics = _evaluate_split(model, data.test, data.classes, run_dir, cfg.seed,
-                              {"split": cfg.data.test_dir, "best_epoch": best_epoch})
+                              {"split": cfg.data.test_dir, "best_epoch": best_epoch}, cfg.data, leak_free=True)
     reports.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
-    print(f"Testing: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
-          f"macro F1 {metrics['macro_avg']['f1']:.4f} ({len(data.test.files)} images)")
     return metrics
 
 
 def _run_config(run_dir: Path) -> tuple[Config, list[str]]:
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} not found; pass a folder made by braintumor train")
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{path} not found; {run_dir} is not a braintumor run directory")
-    try:
-        cfg = parse_config(yaml.safe_load(path.read_text()), str(path))
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is corrupt ({err}); the run cannot be evaluated") from err
-    return cfg, rundir.read_json(run_dir / "data.json")["classes"]
+    return load_config(run_dir / "config.yaml"), rundir.read_json(run_dir / "data.json")["classes"]
 
 
 def evaluate_run(run_dir: Path, data_root: Path | None = None, split: str = "Testing", out_dir: Path | None = None,
                  tta: bool = False, leak_free: bool = False) -> Path:
     """`braintumor evaluate`: metrics of a run's saved model on one split; returns the output folder."""
     cfg, classes = _run_config(run_dir)
+    if leak_free and split in (cfg.data.train_dir, "validation"):
+        raise UserError(f"--leak-free compares a split with {cfg.data.train_dir}, so it does not apply to {split}; "
+                        f"use it with --split {cfg.data.test_dir} or another held-out folder")
     data_cfg = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root,
                                    make_synthetic_if_missing=False)
     model = load_run_model(run_dir)
@@ -86,10 +105,8 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, split: str = "Tes
         chosen, _, _, _ = load_split(data_cfg, split, classes)
     dest = out_dir or run_dir / "eval" / f"{split}-{rundir.timestamp()}"
     with rundir.staged_dir(dest) as tmp:
-        metrics = _evaluate_split(model, chosen, classes, tmp, cfg.seed,
-                                  {"split": split, "data_root": data_cfg.root, "run": str(run_dir)}, tta=tta)
-    print(f"{split}: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
-          f"macro F1 {metrics['macro_avg']['f1']:.4f} ({len(chosen.files)} images) → {dest}")
-    if tta:
-        print(f"{split} with flip TTA: accuracy {metrics['tta']['accuracy']:.4f}")
+        _evaluate_split(model, chosen, classes, tmp, cfg.seed,
+                        {"split": split, "data_root": data_cfg.root, "run": str(run_dir)}, data_cfg,
+                        tta=tta, leak_free=leak_free)
+    print(f"written to {dest}")
     return dest

@@ -16,10 +16,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from . import augment, evaluate, rundir
-from .config import Config, TrainConfig, load_config, parse_config, save_config
+from .config import Config, TrainConfig, load_config, save_config
 from .data import Dataset, find_classes, load_dataset
 from .errors import UserError
 from .models import build_model
@@ -186,8 +185,7 @@ def resume(run_dir: Path) -> Path:
     status = rundir.read_json(run_dir / "status.json")
     if status.get("state") == "completed":
         raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
-    config_path = run_dir / "config.yaml"
-    cfg = parse_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    cfg = load_config(run_dir / "config.yaml")
     state_path = run_dir / CHECKPOINTS / "state.json"
     if state_path.is_file():
         state = rundir.read_json(state_path)
