@@ -105,3 +105,15 @@ def test_invalid_yaml_and_missing_file(tmp_path, capsys):
     assert "invalid YAML at line" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "absent.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_readme_documents_every_config_key():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+    def keys(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            yield from keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+
+    missing = [key for key in keys(Config()) if f"`{key}`" not in readme]
+    assert not missing, f"README's config table lacks {missing}"

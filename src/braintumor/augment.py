@@ -59,6 +59,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
     moved = tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode=cfg.fill_mode.upper())
+    moved.set_shape(images.shape)  # the op forgets the static image size; without it training runs far slower
     low, high = cfg.brightness
     return tf.clip_by_value(moved * uniform(4, low, high, extra_dims=3), 0.0, 255.0)
 
@@ -102,4 +103,8 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, se
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
             lambda batch, pair: (augment_batch(batch[0], pair, online), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # AUTOTUNE values become "one call per core"; the tuner thread itself stalled some epochs' first batch by
+    # 4-5 s on a 2-core CPU (scripts/bench.py, figure 3)
+    options.autotune.enabled = False
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

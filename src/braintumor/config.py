@@ -101,6 +101,8 @@ class TrainConfig:
     class_weight: Literal["none", "balanced"] = "none"
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     xla: Literal["auto", "on", "off"] = "auto"
+    # feature-extraction without online augmentation: run the frozen backbone once, cache its outputs, train the head
+    feature_cache: bool = True
 
     def validate(self, check: _Check) -> None:
         check(0 < self.learning_rate <= 1, "learning_rate", "a number above 0 and at most 1")

@@ -190,7 +190,7 @@ def decode_files(root: Path, files: list[str], cfg: DataConfig, desc: str) -> tu
     cache = Path(cfg.cache_dir).expanduser() / f"decoded-{_cache_key(root, files, cfg.image_size, cfg.preprocess)}"
     if (cache / "images.npy").is_file():
         skipped = json.loads((cache / "skipped.json").read_text())
-        return np.load(cache / "images.npy"), skipped
+        return np.load(cache / "images.npy", mmap_mode="r"), skipped
     images, skipped = [], []
     for relative in tqdm(files, desc=f"decoding {desc}", unit="img", leave=False):
         try:

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import augment, evaluate, rundir
+from . import augment, evaluate, features, rundir
 from .config import Config, TrainConfig, load_config, save_config
 from .data import Dataset, find_classes, load_dataset
 from .errors import UserError
@@ -41,7 +41,7 @@ def resolve_precision(setting: str) -> tuple[str, str]:
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16", "auto: GPU found"
     if cpu_supports_bf16():
-        return "mixed_bfloat16", "auto: CPU with bfloat16 instructions (AVX-512 BF16 / AMX)"
+        return "mixed_bfloat16", "auto: CPU with bfloat16 instructions, where it beats float32 (BENCHMARKS.md)"
     return "float32", "auto: CPU without bfloat16 instructions"
 
 
@@ -55,7 +55,7 @@ def resolve_xla(model: keras.Model, setting: str) -> tuple[bool, str]:
     if setting == "on":
         return True, "on in config"
     if not tf.config.list_physical_devices("GPU"):
-        return False, "auto: Keras keeps XLA off on CPU-only machines (train.xla: on forces it)"
+        return False, "auto: off on CPU, where XLA trained slower than the default kernels (BENCHMARKS.md)"
     return True, "auto: GPU and every layer supports XLA"
 
 
@@ -187,14 +187,15 @@ def resume(run_dir: Path) -> Path:
         raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
     cfg = load_config(run_dir / "config.yaml")
     state_path = run_dir / CHECKPOINTS / "state.json"
-    if state_path.is_file():
+    if state_path.is_file() and not features.applies(cfg):
         state = rundir.read_json(state_path)
         prepared = _prepare(cfg, checkpoint=run_dir / CHECKPOINTS / "last.keras")
         print(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}")
-    else:  # killed before the first epoch ended: start over in the same folder
+    else:  # killed before the first epoch ended, or a head on cached features (seconds): start over in the same folder
         state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0}
         prepared = _prepare(cfg)
-        print(f"resuming {run_dir} from the start (no epoch had finished)")
+        why = "only the head trains, on cached backbone outputs" if features.applies(cfg) else "no epoch had finished"
+        print(f"resuming {run_dir} from the start ({why})")
     if prepared.data.summary()["validation_files"] != rundir.read_json(run_dir / "data.json")["validation_files"]:
         raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
                         "resume needs the same files, or start a new run")
@@ -207,10 +208,12 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict)
     data, images, labels, model = prepared.data, prepared.images, prepared.labels, prepared.model
     precision, precision_reason = prepared.precision, prepared.precision_reason
     try:
-        xla, xla_reason = resolve_xla(model, cfg.train.xla)
-        if not model.compiled:  # a resumed model comes back compiled, with its optimizer state
-            model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
-                          metrics=["accuracy"], jit_compile=xla)
+        # what fit trains and checkpoints: the whole model, or its head alone (sharing its weights)
+        fit_model = features.head_model(model) if features.applies(cfg) else model
+        xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
+        if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
+            fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+                              metrics=["accuracy"], jit_compile=xla)
         device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
         print(f"device: {device} | precision: {precision} ({precision_reason}) | XLA: "
               f"{'on' if xla else 'off'} ({xla_reason})")
@@ -220,14 +223,15 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict)
         print(f"run directory: {run_dir}")
         online = cfg.augmentation if cfg.augmentation.enabled and cfg.augmentation.mode == "online" else None
         if state["epoch"] < cfg.train.epochs and not _stopped_early(cfg, state):
-            model.fit(
-                augment.training_dataset(images, labels, cfg.train.batch_size, cfg.seed, online),
-                validation_data=(data.val.images.astype(np.float32), data.val.labels),
+            inputs, val_inputs = features.fit_inputs(cfg, model, images, data.val.images)
+            fit_model.fit(
+                augment.training_dataset(inputs, labels, cfg.train.batch_size, cfg.seed, online),
+                validation_data=(val_inputs.astype(np.float32), data.val.labels),
                 batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state["epoch"],
                 shuffle=False,  # the tf.data pipeline shuffles, seeded
                 class_weight=_class_weight(cfg.train, labels, len(data.classes)),
                 callbacks=[EpochState(run_dir, cfg.train.early_stopping_patience, state)], verbose=1)
-        model.load_weights(run_dir / CHECKPOINTS / "best.weights.h5")
+        fit_model.load_weights(run_dir / CHECKPOINTS / "best.weights.h5")
         model.save(run_dir / "model.keras")
         evaluate.report_training_run(run_dir, cfg, data, state["best_epoch"])
         shutil.rmtree(run_dir / CHECKPOINTS)
