@@ -199,8 +199,8 @@ def pipeline(plan: Plan, source: Path, work: Path) -> dict:
     cfg = load_config(config, settings)
     cfg.train.precision = train.resolve_precision(cfg.train.precision)[0]
     dataset = data.load_dataset(cfg)  # fills the decoded-image cache that the command reads
-    _say(f"(3) bare model.fit, {plan.pipeline_epochs} epochs at {plan.pipeline_size} px ...")
-    bare = _bare_epoch_seconds(cfg, dataset, plan.pipeline_epochs)
+    _say(f"(3) bare model.fit, {plan.pipeline_epochs - 1} epochs at {plan.pipeline_size} px ...")
+    bare = _bare_epoch_seconds(cfg, dataset, plan.pipeline_epochs - 1)
     _say(f"    braintumor train, online augmentation, {plan.pipeline_epochs} epochs ...")
     command = [sys.executable, "-m", "braintumor.cli", "train", str(config), *sum((["--set", s] for s in settings), [])]
     with (work / "pipeline.log").open("w") as log:
@@ -211,7 +211,7 @@ def pipeline(plan: Plan, source: Path, work: Path) -> dict:
         raise RuntimeError(f"braintumor train failed: {(work / 'pipeline.log').read_text()[-2000:]}")
     assert json.loads((run_dir / "env.json").read_text())["precision"] == cfg.train.precision
     _say("    bare model.fit again ...")
-    bare += _bare_epoch_seconds(cfg, dataset, plan.pipeline_epochs)
+    bare += _bare_epoch_seconds(cfg, dataset, plan.pipeline_epochs - 1)
     train_n = len(dataset.train.files)
     _say(f"    {train_n / min(seconds):.1f} vs {train_n / min(bare):.1f} images/s")
     return {"train": train_n, "val": len(dataset.val.files), "batch": cfg.train.batch_size,
@@ -279,7 +279,7 @@ def _machine() -> dict:
             "keras": keras.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}
 
 
-def _rows(plan: Plan, fc: dict, load: dict, pipe: dict, speed: dict) -> list[tuple[str, str, str, str]]:
+def _rows(plan: Plan, fc: dict, decode: dict, pipe: dict, speed: dict) -> list[tuple[str, str, str, str]]:
     """(figure, what was measured, ratio, target) rows of the table."""
     subset = "all images" if plan.feature_every == 1 else f"1 image in {plan.feature_every}"
     rows = [
@@ -291,9 +291,9 @@ def _rows(plan: Plan, fc: dict, load: dict, pipe: dict, speed: dict) -> list[tup
          f"naive {fc['accuracy'][0]:.4f}, cached {fc['accuracy'][1]:.4f}, warm {fc['accuracy'][2]:.4f}",
          f"{fc['naive_s'] / fc['cached_s']:.1f}x", ">= 10x"),
         ("2. data load, decode vs decoded-image cache",
-         f"load_dataset, all {load['images']} images at {plan.load_size} px: first {load['first_s']:.1f} s, "
-         f"second {load['second_s']:.2f} s",
-         f"{load['first_s'] / load['second_s']:.0f}x", ">= 20x"),
+         f"load_dataset, all {decode['images']} images at {plan.load_size} px: first {decode['first_s']:.1f} s, "
+         f"second {decode['second_s']:.2f} s",
+         f"{decode['first_s'] / decode['second_s']:.0f}x", ">= 20x"),
         ("3. braintumor train (online augmentation) vs bare model.fit",
          f"vgg16_adam.yaml with augmentation.mode=online (fine-tune), {plan.pipeline_size} px, batch "
          f"{pipe['batch']}, {pipe['precision']}, {pipe['train']} train + {pipe['val']} val images; fastest of "
@@ -315,7 +315,7 @@ def _rows(plan: Plan, fc: dict, load: dict, pipe: dict, speed: dict) -> list[tup
     return rows
 
 
-def _markdown(plan: Plan, machine: dict, rows: list, seconds: float, source: Path) -> str:
+def _markdown(plan: Plan, machine: dict, rows: list, seconds: float, source: Path, load: tuple[float, float]) -> str:
     auto_precision, auto_precision_why = train.resolve_precision("auto")
     auto_xla, auto_xla_why = train.resolve_xla(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]), "auto")
     lines = [
@@ -328,7 +328,9 @@ def _markdown(plan: Plan, machine: dict, rows: list, seconds: float, source: Pat
         f"Machine: {machine['cpu']}, {machine['cores']} cores, bfloat16 instructions: "
         f"{'yes' if machine['bf16'] else 'no'}; {machine['platform']}.  ",
         f"Versions: Python {machine['python']}, TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, "
-        f"NumPy {machine['numpy']}, scikit-learn {machine['scikit-learn']}.", "",
+        f"NumPy {machine['numpy']}, scikit-learn {machine['scikit-learn']}.  ",
+        f"1-minute load average at the start and end: {load[0]:.2f}, {load[1]:.2f} (other work on the machine slows "
+        "whichever side it overlaps).", "",
         "| figure | measured | ratio | target |", "|---|---|---|---|",
         *[f"| {figure} | {measured} | **{ratio}** | {target} |" for figure, measured, ratio, target in rows], "",
         f"`train.precision: auto` picks **{auto_precision}** here ({auto_precision_why}); "
@@ -348,18 +350,18 @@ def main() -> None:
         sys.exit(f"data set not found at {source}; pass --data PATH (a folder with Training/ and Testing/)")
     plan = QUICK if args.quick else FULL
     tf.get_logger().setLevel("ERROR")  # evaluation's predict() retracing notices, repeated run after run
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="braintumor-bench-"))
     try:
-        load = data_load(plan, source, work)
+        decode = data_load(plan, source, work)
         fc = feature_cache(plan, source, work)
         pipe = pipeline(plan, source, work)
         speed = precision_and_xla(plan, source, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows = _rows(plan, fc, load, pipe, speed)
+    rows = _rows(plan, fc, decode, pipe, speed)
     seconds = time.perf_counter() - start
-    report = _markdown(plan, _machine(), rows, seconds, source)
+    report = _markdown(plan, _machine(), rows, seconds, source, (load_before, os.getloadavg()[0]))
     Path(args.out).write_text(report)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure':<{width}}  {'ratio':>8}  target")

@@ -89,9 +89,10 @@ class EpochState(keras.callbacks.Callback):
     The state file is written last, so after a kill at any point it names a complete epoch.
     """
 
-    def __init__(self, run_dir: Path, patience: int, state: dict):
+    def __init__(self, run_dir: Path, patience: int, state: dict, resumable: bool = True):
         super().__init__()
         self.run_dir, self.patience, self.state = run_dir, patience, state
+        self.resumable = resumable  # False: a head on cached features, which resume retrains from the start
         self.folder = run_dir / CHECKPOINTS
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -104,7 +105,8 @@ class EpochState(keras.callbacks.Callback):
             self.model.save_weights(self.folder / "best.weights.h5")
         else:
             self.state["wait"] += 1
-        self.model.save(self.folder / "last.keras")
+        if self.resumable:
+            self.model.save(self.folder / "last.keras")
         self.state["epoch"] = epoch + 1
         rundir.write_json(self.folder / "state.json", self.state)
         if self.patience and self.state["wait"] >= self.patience:
@@ -230,7 +232,8 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict)
                 batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state["epoch"],
                 shuffle=False,  # the tf.data pipeline shuffles, seeded
                 class_weight=_class_weight(cfg.train, labels, len(data.classes)),
-                callbacks=[EpochState(run_dir, cfg.train.early_stopping_patience, state)], verbose=1)
+                callbacks=[EpochState(run_dir, cfg.train.early_stopping_patience, state, resumable=fit_model is model)],
+                verbose=1)
         fit_model.load_weights(run_dir / CHECKPOINTS / "best.weights.h5")
         model.save(run_dir / "model.keras")
         evaluate.report_training_run(run_dir, cfg, data, state["best_epoch"])
