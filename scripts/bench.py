@@ -22,13 +22,16 @@ import contextlib
 import csv
 import io
 import json
+import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,13 +59,13 @@ class Plan:
     load_size: int  # (2)
     pipeline_size: int  # (3)
     pipeline_every: int  # (3) every n-th image of each class folder
-    pipeline_epochs: int  # (3) at least 3: the first epoch (tracing) is not timed
+    pipeline_epochs: int  # (3) at least 2: the first epoch (tracing) is not timed
     speed_size: int  # (4) and (5)
     speed_steps: int  # (4) and (5) timed training steps, after two untimed ones
 
 
 QUICK = Plan("quick", feature_size=64, feature_every=3, feature_epochs=30, load_size=224, pipeline_size=64,
-             pipeline_every=3, pipeline_epochs=4, speed_size=128, speed_steps=5)
+             pipeline_every=2, pipeline_epochs=4, speed_size=128, speed_steps=5)
 FULL = Plan("full", feature_size=128, feature_every=1, feature_epochs=30, load_size=224, pipeline_size=128,
             pipeline_every=1, pipeline_epochs=4, speed_size=224, speed_steps=8)
 
@@ -88,9 +91,15 @@ def _subset(source: Path, dest: Path, every: int) -> Path:
     return dest
 
 
+def _fresh(function, *args):
+    """`function(*args)` in a new Python process: state that TensorFlow leaves behind after a few runs slowed later
+    training in the same process by up to 50 % here, which would bias whichever side ran later."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def _timed_run(cfg: Config) -> tuple[float, Path, str]:
     """`braintumor train` in this process: wall seconds, run directory, what it printed."""
-    keras.backend.clear_session()
     log = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(log):
@@ -100,16 +109,6 @@ def _timed_run(cfg: Config) -> tuple[float, Path, str]:
 
 def _accuracy(run_dir: Path) -> float:
     return json.loads((run_dir / "metrics.json").read_text())["accuracy"]
-
-
-class _EpochClock(keras.callbacks.Callback):
-    """The start time of training and the end time of each epoch."""
-
-    def on_train_begin(self, logs=None):
-        self.times = [time.perf_counter()]
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter())
 
 
 def _compiled(cfg: Config, num_classes: int, xla: bool = False) -> keras.Model:
@@ -135,11 +134,11 @@ def feature_cache(plan: Plan, source: Path, work: Path) -> dict:
     cached_cfg = _config("vgg16_features", work, root, plan.feature_size, *overrides)
     dataset = data.load_dataset(cached_cfg)  # decode once here, so both runs read the decoded-image cache
     _say(f"(1) naive frozen-backbone run: {plan.feature_epochs} epochs at {plan.feature_size} px ...")
-    naive_s, naive_dir, naive_log = _timed_run(naive_cfg)
+    naive_s, naive_dir, naive_log = _fresh(_timed_run, naive_cfg)
     _say(f"    {naive_s:.1f} s; cached run (feature cache cold) ...")
-    cached_s, cached_dir, cached_log = _timed_run(cached_cfg)
+    cached_s, cached_dir, cached_log = _fresh(_timed_run, cached_cfg)
     _say(f"    {cached_s:.1f} s; cached run again (feature cache warm) ...")
-    warm_s, warm_dir, warm_log = _timed_run(cached_cfg)
+    warm_s, warm_dir, warm_log = _fresh(_timed_run, cached_cfg)
     _say(f"    {warm_s:.1f} s")
     assert "feature cache: off" in naive_log and "feature cache: miss" in cached_log, "unexpected cache path"
     assert "feature cache: miss" not in warm_log, "the warm run missed the feature cache"
@@ -164,59 +163,31 @@ def data_load(plan: Plan, source: Path, work: Path) -> dict:
     return {"images": images, "first_s": first, "second_s": second}
 
 
-def _epoch_seconds(history: Path, process: subprocess.Popen) -> list[float]:
-    """Seconds between successive history.csv rows of a running `braintumor train` (one epoch each)."""
-    stamps, rows = [], 0
+def _history_rows(history: Path) -> int:
+    if not history.is_file():
+        return 0
+    with history.open() as handle:
+        return sum(1 for _ in csv.DictReader(handle))
+
+
+def _alternate(process: subprocess.Popen, history: Path, epochs: int, bare_epoch) -> tuple[list[float], list[float]]:
+    """Each time the running `braintumor train` ends an epoch (a new history.csv row), pause it (SIGSTOP) and run one
+    bare epoch, then let it go on: both sides meet this machine's slow and fast spells alike. Returns the command's
+    epoch seconds from its second epoch on (pauses excluded) and the bare epochs' seconds."""
+    command, bare, rows, resumed = [], [], 0, None
     while process.poll() is None:
-        if history.is_file():
-            with history.open() as handle:
-                now = sum(1 for _ in csv.DictReader(handle))
-            stamps += [time.perf_counter()] * (now - rows)
+        now = _history_rows(history)
+        if now > rows:
             rows = now
-        time.sleep(0.05)
-    return list(np.diff(stamps))
-
-
-def _bare_epoch_seconds(cfg: Config, dataset: data.Dataset, epochs: int) -> list[float]:
-    """Seconds of each epoch but the first (tracing) of a bare model.fit on in-memory float32 arrays."""
-    keras.backend.clear_session()
-    model = _compiled(cfg, len(dataset.classes))
-    clock = _EpochClock()
-    model.fit(dataset.train.images.astype(np.float32), dataset.train.labels, batch_size=cfg.train.batch_size,
-              epochs=epochs, validation_data=(dataset.val.images.astype(np.float32), dataset.val.labels),
-              callbacks=[clock], verbose=0)
-    return list(np.diff(clock.times)[1:])
-
-
-def pipeline(plan: Plan, source: Path, work: Path) -> dict:
-    """(3) `braintumor train` (online augmentation) vs bare model.fit: training images/s of the fastest
-    steady-state epoch of each; the bare fit runs before and after the command, as this machine has slow spells."""
-    root = _subset(source, work / "pipeline-data", plan.pipeline_every)
-    settings = [f"data.root={root}", f"data.image_size={plan.pipeline_size}", f"data.cache_dir={work / 'cache'}",
-                f"output.dir={work / 'pipeline'}", "model.weights=none", "seed=0", "augmentation.mode=online",
-                f"train.epochs={plan.pipeline_epochs}", "train.early_stopping_patience=0"]
-    config = ROOT / "configs" / "vgg16_adam.yaml"
-    cfg = load_config(config, settings)
-    cfg.train.precision = train.resolve_precision(cfg.train.precision)[0]
-    dataset = data.load_dataset(cfg)  # fills the decoded-image cache that the command reads
-    _say(f"(3) bare model.fit, {plan.pipeline_epochs - 1} epochs at {plan.pipeline_size} px ...")
-    bare = _bare_epoch_seconds(cfg, dataset, plan.pipeline_epochs - 1)
-    _say(f"    braintumor train, online augmentation, {plan.pipeline_epochs} epochs ...")
-    command = [sys.executable, "-m", "braintumor.cli", "train", str(config), *sum((["--set", s] for s in settings), [])]
-    with (work / "pipeline.log").open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        run_dir = _wait_for_run_dir(work / "pipeline", process)
-        seconds = _epoch_seconds(run_dir / "history.csv", process)
-    if process.returncode != 0:
-        raise RuntimeError(f"braintumor train failed: {(work / 'pipeline.log').read_text()[-2000:]}")
-    assert json.loads((run_dir / "env.json").read_text())["precision"] == cfg.train.precision
-    _say("    bare model.fit again ...")
-    bare += _bare_epoch_seconds(cfg, dataset, plan.pipeline_epochs - 1)
-    train_n = len(dataset.train.files)
-    _say(f"    {train_n / min(seconds):.1f} vs {train_n / min(bare):.1f} images/s")
-    return {"train": train_n, "val": len(dataset.val.files), "batch": cfg.train.batch_size,
-            "precision": cfg.train.precision, "cli_rate": train_n / min(seconds), "bare_rate": train_n / min(bare),
-            "cli_epochs": len(seconds), "bare_epochs": len(bare)}
+            if resumed is not None:
+                command.append(time.perf_counter() - resumed)
+            if rows < epochs:
+                process.send_signal(signal.SIGSTOP)
+                bare.append(bare_epoch())
+                process.send_signal(signal.SIGCONT)
+            resumed = time.perf_counter()
+        time.sleep(0.02)
+    return command, bare
 
 
 def _wait_for_run_dir(output_dir: Path, process: subprocess.Popen) -> Path:
@@ -226,6 +197,47 @@ def _wait_for_run_dir(output_dir: Path, process: subprocess.Popen) -> Path:
             return found[0].parent
         time.sleep(0.05)
     raise RuntimeError("braintumor train ended before writing its run directory")
+
+
+def _bare_epoch_seconds(model: keras.Model, dataset: data.Dataset, batch: int) -> float:
+    """Seconds of one epoch of bare model.fit on in-memory float32 arrays, with the same validation data."""
+    start = time.perf_counter()
+    model.fit(dataset.train.images.astype(np.float32), dataset.train.labels, batch_size=batch, epochs=1,
+              validation_data=(dataset.val.images.astype(np.float32), dataset.val.labels), verbose=0)
+    return time.perf_counter() - start
+
+
+def pipeline(plan: Plan, source: Path, work: Path) -> dict:
+    """(3) `braintumor train` (online augmentation) vs bare model.fit, epoch by epoch in turn (see _alternate):
+    training images/s over the median epoch of each; the first epoch of each side (tracing) is not counted."""
+    root = _subset(source, work / "pipeline-data", plan.pipeline_every)
+    settings = [f"data.root={root}", f"data.image_size={plan.pipeline_size}", f"data.cache_dir={work / 'cache'}",
+                f"output.dir={work / 'pipeline'}", "model.weights=none", "seed=0", "augmentation.mode=online",
+                f"train.epochs={plan.pipeline_epochs}", "train.early_stopping_patience=0"]
+    config = ROOT / "configs" / "vgg16_adam.yaml"
+    cfg = load_config(config, settings)
+    cfg.train.precision = train.resolve_precision(cfg.train.precision)[0]
+    dataset = data.load_dataset(cfg)  # fills the decoded-image cache that the command reads
+    batch = cfg.train.batch_size
+    _say(f"(3) bare model.fit and braintumor train (online augmentation), {plan.pipeline_epochs} epochs each in "
+         f"turn, at {plan.pipeline_size} px ...")
+    keras.backend.clear_session()
+    model = _compiled(cfg, len(dataset.classes))
+    _bare_epoch_seconds(model, dataset, batch)  # traces the training step
+    command = [sys.executable, "-m", "braintumor.cli", "train", str(config), *sum((["--set", s] for s in settings), [])]
+    with (work / "pipeline.log").open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        run_dir = _wait_for_run_dir(work / "pipeline", process)
+        seconds, bare = _alternate(process, run_dir / "history.csv", plan.pipeline_epochs,
+                                   lambda: _bare_epoch_seconds(model, dataset, batch))
+    if process.returncode != 0:
+        raise RuntimeError(f"braintumor train failed: {(work / 'pipeline.log').read_text()[-2000:]}")
+    assert json.loads((run_dir / "env.json").read_text())["precision"] == cfg.train.precision
+    train_n = len(dataset.train.files)
+    cli_rate, bare_rate = train_n / float(np.median(seconds)), train_n / float(np.median(bare))
+    _say(f"    {cli_rate:.1f} vs {bare_rate:.1f} images/s")
+    return {"train": train_n, "val": len(dataset.val.files), "batch": batch, "precision": cfg.train.precision,
+            "cli_rate": cli_rate, "bare_rate": bare_rate, "cli_seconds": seconds, "bare_seconds": bare}
 
 
 def _paired_rates(cfgs: list[tuple[Config, bool]], images: np.ndarray, labels: np.ndarray, steps: int) -> list[float]:
@@ -279,6 +291,10 @@ def _machine() -> dict:
             "keras": keras.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}
 
 
+def _seconds(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values) + " s"
+
+
 def _rows(plan: Plan, fc: dict, decode: dict, pipe: dict, speed: dict) -> list[tuple[str, str, str, str]]:
     """(figure, what was measured, ratio, target) rows of the table."""
     subset = "all images" if plan.feature_every == 1 else f"1 image in {plan.feature_every}"
@@ -296,9 +312,9 @@ def _rows(plan: Plan, fc: dict, decode: dict, pipe: dict, speed: dict) -> list[t
          f"{decode['first_s'] / decode['second_s']:.0f}x", ">= 20x"),
         ("3. braintumor train (online augmentation) vs bare model.fit",
          f"vgg16_adam.yaml with augmentation.mode=online (fine-tune), {plan.pipeline_size} px, batch "
-         f"{pipe['batch']}, {pipe['precision']}, {pipe['train']} train + {pipe['val']} val images; fastest of "
-         f"{pipe['cli_epochs']} vs {pipe['bare_epochs']} steady-state epochs (the bare fit, on float32 arrays with the "
-         f"same validation data, ran before and after): "
+         f"{pipe['batch']}, {pipe['precision']}, {pipe['train']} train + {pipe['val']} val images; epochs in turn, "
+         f"median of each (command, checkpoints included: {_seconds(pipe['cli_seconds'])}; bare fit on float32 "
+         f"arrays with the same validation data: {_seconds(pipe['bare_seconds'])}): "
          f"{pipe['cli_rate']:.1f} vs {pipe['bare_rate']:.1f} training images/s",
          f"{pipe['cli_rate'] / pipe['bare_rate']:.2f}", ">= 0.9"),
     ]
@@ -349,14 +365,13 @@ def main() -> None:
     if not (source / "Training").is_dir():
         sys.exit(f"data set not found at {source}; pass --data PATH (a folder with Training/ and Testing/)")
     plan = QUICK if args.quick else FULL
-    tf.get_logger().setLevel("ERROR")  # evaluation's predict() retracing notices, repeated run after run
     start, load_before = time.perf_counter(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="braintumor-bench-"))
     try:
         decode = data_load(plan, source, work)
         fc = feature_cache(plan, source, work)
-        pipe = pipeline(plan, source, work)
-        speed = precision_and_xla(plan, source, work)
+        pipe = _fresh(pipeline, plan, source, work)
+        speed = _fresh(precision_and_xla, plan, source, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = _rows(plan, fc, decode, pipe, speed)
