@@ -41,9 +41,10 @@ import numpy as np
 import sklearn
 import tensorflow as tf
 
-from braintumor import data, train
-from braintumor.config import Config, load_config
-from braintumor.models import build_model
+from braintumor.core.config import Config, load_config
+from braintumor.data import dataset as data
+from braintumor.engine import runtime, train
+from braintumor.models.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "brain-tumor-mri"
@@ -216,7 +217,7 @@ def pipeline(plan: Plan, source: Path, work: Path) -> dict:
                 f"train.epochs={plan.pipeline_epochs}", "train.early_stopping_patience=0"]
     config = ROOT / "configs" / "vgg16_adam.yaml"
     cfg = load_config(config, settings)
-    cfg.train.precision = train.resolve_precision(cfg.train.precision)[0]
+    cfg.train.precision = runtime.resolve_precision(cfg.train.precision)[0]
     dataset = data.load_dataset(cfg)  # fills the decoded-image cache that the command reads
     batch = cfg.train.batch_size
     _say(f"(3) bare model.fit and braintumor train (online augmentation), {plan.pipeline_epochs} epochs each in "
@@ -271,7 +272,7 @@ def precision_and_xla(plan: Plan, source: Path, work: Path) -> dict:
         rates[backbone, "float32"], rates[backbone, "mixed_bfloat16"] = _paired_rates(
             pair, images, labels, plan.speed_steps)
         _say(f"    {rates[backbone, 'float32']:.1f} and {rates[backbone, 'mixed_bfloat16']:.1f} images/s")
-    precision = train.resolve_precision("auto")[0]
+    precision = runtime.resolve_precision("auto")[0]
     _say(f"(5) vgg16 {precision}, XLA off and on ...")
     rates["xla", False], rates["xla", True] = _paired_rates(
         [(cfg(f"train.precision={precision}"), xla) for xla in (False, True)], images, labels, plan.speed_steps)
@@ -286,7 +287,7 @@ def _machine() -> dict:
     with contextlib.suppress(OSError):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "bf16": train.cpu_supports_bf16(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "bf16": runtime.cpu_supports_bf16(),
             "platform": platform.platform(), "python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}
 
@@ -332,8 +333,8 @@ def _rows(plan: Plan, fc: dict, decode: dict, pipe: dict, speed: dict) -> list[t
 
 
 def _markdown(plan: Plan, machine: dict, rows: list, seconds: float, source: Path, load: tuple[float, float]) -> str:
-    auto_precision, auto_precision_why = train.resolve_precision("auto")
-    auto_xla, auto_xla_why = train.resolve_xla(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]), "auto")
+    auto_precision, auto_precision_why = runtime.resolve_precision("auto")
+    auto_xla, auto_xla_why = runtime.resolve_xla(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]), "auto")
     lines = [
         "# Benchmarks (issue 5)", "",
         f"Written by `python scripts/bench.py{' --quick' if plan.name == 'quick' else ''}` on "

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from braintumor.synth import make_dataset
+from braintumor.data.synth import make_dataset
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 needs_real_data = pytest.mark.skipif(
@@ -49,8 +49,8 @@ def write_config(tmp_path, synth_root):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, synth_root) -> Path:
     """One completed 2-epoch run, shared by the tests that only read a run directory."""
-    from braintumor.config import parse_config
-    from braintumor.train import run
+    from braintumor.core.config import parse_config
+    from braintumor.engine.train import run
 
     base = tmp_path_factory.mktemp("run")
     cfg = parse_config({

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from braintumor.audit import find_test_twins, run_audit, scan_tree
-from braintumor.errors import UserError
-from braintumor.synth import make_dataset
+from braintumor.core.errors import UserError
+from braintumor.data.audit import run_audit
+from braintumor.data.files import scan_tree
+from braintumor.data.synth import make_dataset
+from braintumor.data.twins import find_test_twins
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/brain-tumor-mri"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from braintumor.augment import augment_batch, offline_copies, training_dataset
-from braintumor.config import AugmentationConfig
-from braintumor.synth import make_image
+from braintumor.core.config import AugmentationConfig
+from braintumor.data.augment import augment_batch, offline_copies, training_dataset
+from braintumor.data.synth import make_image
 
 STILL = AugmentationConfig(width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False, brightness=[1, 1])
 

@@ -18,10 +18,10 @@ from sklearn.metrics import (
 )
 
 from braintumor.cli import main
-from braintumor.compare import compare_runs
-from braintumor.errors import UserError
-from braintumor.reports import write_evaluation
-from braintumor.rundir import write_json
+from braintumor.core.errors import UserError
+from braintumor.core.rundir import write_json
+from braintumor.results.compare import compare_runs
+from braintumor.results.reports import write_evaluation
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from braintumor.cli import main
-from braintumor.config import Config, load_config, parse_config
-from braintumor.errors import UserError
+from braintumor.core.config import Config, load_config, parse_config
+from braintumor.core.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

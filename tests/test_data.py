@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from braintumor import data as data_module
-from braintumor.config import parse_config
-from braintumor.data import brain_mask, decode_image, load_dataset
-from braintumor.errors import UserError
-from braintumor.synth import make_image
+from braintumor.core.config import parse_config
+from braintumor.core.errors import UserError
+from braintumor.data import decode as data_module
+from braintumor.data.dataset import load_dataset
+from braintumor.data.decode import brain_mask, decode_image
+from braintumor.data.synth import make_image
 
 
 def _config(root, tmp_path, **data):

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from braintumor.cli import main
-from braintumor.download import MARKER, count_images, download, manifest_hash
-from braintumor.errors import UserError
-from braintumor.synth import make_dataset
+from braintumor.core.errors import UserError
+from braintumor.data.download import MARKER, count_images, download, manifest_hash
+from braintumor.data.synth import make_dataset
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/brain-tumor-mri"
 TOP = "Brain-Tumor-Classification-DataSet-master"  # the GitHub archive's top-level folder
@@ -166,7 +166,7 @@ def test_cli_exits_2_on_bad_archive(synthetic: tuple[Path, Path, dict], tmp_path
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real data set not at ../shared/data/brain-tumor-mri")
 def test_expected_constant_matches_real_data() -> None:
-    from braintumor.download import DATASET_EXPECTED
+    from braintumor.data.download import DATASET_EXPECTED
 
     assert count_images(REAL_DATA) == DATASET_EXPECTED["counts"]
     assert manifest_hash(REAL_DATA) == DATASET_EXPECTED["manifest"]

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from braintumor.cli import main
-from braintumor.synth import make_dataset
+from braintumor.data.synth import make_dataset
 
 RUN_ONLY_KEYS = {"split", "best_epoch", "data_root", "run"}
 

@@ -13,11 +13,12 @@ import keras
 import numpy as np
 import pytest
 
-from braintumor import evaluate, features
-from braintumor.config import Config, parse_config
-from braintumor.data import load_dataset
-from braintumor.reports import read_predictions
-from braintumor.train import CHECKPOINTS, resume, run
+from braintumor.core.config import Config, parse_config
+from braintumor.data.dataset import load_dataset
+from braintumor.engine import evaluate, features
+from braintumor.engine.callbacks import CHECKPOINTS
+from braintumor.engine.train import resume, run
+from braintumor.results.reports import read_predictions
 
 
 def _config(root: Path, base: Path, **train) -> Config:

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from braintumor.metrics import bootstrap_ci, compute_metrics, expected_calibration_error, mcnemar
+from braintumor.results.metrics import bootstrap_ci, compute_metrics, expected_calibration_error, mcnemar
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from braintumor.config import ModelConfig
-from braintumor.errors import UserError
-from braintumor.models import BACKBONES, build_backbone, build_model
+from braintumor.core.backbones import BACKBONES
+from braintumor.core.config import ModelConfig
+from braintumor.core.errors import UserError
+from braintumor.models.build import build_backbone, build_model
 
 
 def _trainable_backbone_weights(model, backbone: str) -> int:

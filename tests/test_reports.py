@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from braintumor.errors import UserError
-from braintumor.metrics import compute_metrics
-from braintumor.reports import plot_curves, read_predictions, write_evaluation
+from braintumor.core.errors import UserError
+from braintumor.results.metrics import compute_metrics
+from braintumor.results.reports import plot_curves, read_predictions, write_evaluation
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 PNG_MAGIC = b"\x89PNG"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from braintumor.cli import main
-from braintumor.reports import read_predictions
+from braintumor.results.reports import read_predictions
 
 CONTRACT = ["status.json", "config.yaml", "env.json", "data.json", "history.csv", "model.keras", "metrics.json",
             "classification_report.txt", "confusion_matrix.png", "curves.png", "predictions.csv"]

@@ -10,11 +10,11 @@ import functools
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from braintumor.core.errors import UserError
 
 
 def _train(args: argparse.Namespace) -> None:
-    from . import train
+    from braintumor.engine import train
 
     if args.resume:
         train.resume(Path(args.resume))
@@ -26,7 +26,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from .config import load_config
+    from braintumor.core.config import load_config
 
     for path in args.configs:
         cfg = load_config(Path(path), args.set)
@@ -36,7 +36,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from . import evaluate
+    from braintumor.engine import evaluate
 
     evaluate.evaluate_run(
         Path(args.run),
@@ -49,7 +49,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from . import compare
+    from braintumor.results import compare
 
     compare.compare_runs(
         Path(args.outputs), metric=args.metric, out_dir=Path(args.out) if args.out else None,
@@ -58,20 +58,20 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from .synth import make_dataset
+    from braintumor.data.synth import make_dataset
 
     dest = make_dataset(args.dest, args.train_per_class, args.test_per_class, args.size, args.seed)
     print(f"wrote synthetic data set to {dest}")
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from . import audit
+    from braintumor.data import audit
 
     audit.run_audit(Path(args.root), out_dir=Path(args.out) if args.out else None)
 
 
 def _download(args: argparse.Namespace) -> None:
-    from . import download
+    from braintumor.data import download
 
     download.download(Path(args.dest), archive=Path(args.archive) if args.archive else None, url=args.url)
 

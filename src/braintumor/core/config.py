@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import UserError, describe
+from braintumor.core.backbones import BACKBONES
+from braintumor.core.errors import UserError, describe
 
 Mode = Literal["feature-extraction", "fine-tune", "full"]
 Preprocess = Literal["brain_crop", "standardize"]
@@ -73,7 +74,7 @@ class AugmentationConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "vgg16"  # a key of models.BACKBONES
+    backbone: str = "vgg16"  # a key of core.backbones.BACKBONES
     weights: str = "imagenet"  # imagenet | none | path to a weights file of this backbone
     mode: Mode = "fine-tune"
     fine_tune_after: str | None = None  # last frozen layer in fine-tune mode; null: the backbone's default
@@ -81,8 +82,6 @@ class ModelConfig:
     dropout: float = 0.3
 
     def validate(self, check: _Check) -> None:
-        from .models import BACKBONES  # imports Keras; kept out of module import for a fast CLI
-
         check(self.backbone in BACKBONES, "backbone", "one of: " + ", ".join(BACKBONES))
         check(0 <= self.dropout < 1, "dropout", "a number from 0 to below 1")
         check(not (self.backbone == "simple_cnn" and self.weights == "imagenet"), "weights",
@@ -128,8 +127,6 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self, check: _Check) -> None:
-        from .models import BACKBONES
-
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
         minimum = BACKBONES[self.model.backbone].min_size
         if self.data.image_size < minimum:

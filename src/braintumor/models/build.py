@@ -1,8 +1,4 @@
-"""Backbone registry and model building.
-
-To add a keras.applications backbone, add one line to BACKBONES: its constructor name, the
-keras.applications module holding its `preprocess_input`, its minimum input size, and the last
-layer kept frozen in fine-tune mode.
+"""Model building: a BACKBONES entry (core/backbones.py) → preprocess, backbone, pooling, head.
 
 Every model takes raw RGB images in [0, 255]; its own first layer applies the backbone's
 preprocessing, so evaluation and prediction need nothing but the saved model.
@@ -11,29 +7,13 @@ preprocessing, so evaluation and prediction need nothing but the saved model.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
-from .config import ModelConfig
-from .errors import UserError, describe
-
-
-@dataclass(frozen=True)
-class Backbone:
-    constructor: str  # name in keras.applications; empty for the from-scratch baseline
-    preprocess_module: str  # keras.applications.<module>.preprocess_input
-    min_size: int
-    fine_tune_after: str  # default last frozen layer in fine-tune mode
-
-
-BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone("VGG16", "vgg16", 32, "block4_pool"),  # trains block5
-    "resnet50": Backbone("ResNet50", "resnet", 32, "conv4_block6_out"),  # trains conv5
-    "inceptionv3": Backbone("InceptionV3", "inception_v3", 75, "mixed8"),  # trains mixed9, mixed10
-    "simple_cnn": Backbone("", "", 32, "conv3_pool"),
-}
+from braintumor.core.backbones import BACKBONES
+from braintumor.core.config import ModelConfig
+from braintumor.core.errors import UserError, describe
 
 
 @keras.saving.register_keras_serializable(package="braintumor")

@@ -11,9 +11,9 @@ import matplotlib
 import numpy as np
 from sklearn.metrics import classification_report
 
-from .errors import UserError
-from .metrics import compute_metrics
-from .rundir import write_json
+from braintumor.core.errors import UserError
+from braintumor.core.rundir import write_json
+from braintumor.results.metrics import compute_metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)

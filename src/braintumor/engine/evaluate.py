@@ -13,12 +13,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import models, reports, rundir  # noqa: F401  (models registers the custom layers for loading)
-from .audit import find_test_twins
-from .config import Config, DataConfig, load_config
-from .data import Dataset, Split, list_split, load_split
-from .errors import UserError, describe
-from .metrics import compute_metrics
+from braintumor.core import rundir  # noqa: F401  (models registers the custom layers for loading)
+from braintumor.core.config import Config, DataConfig, load_config
+from braintumor.core.errors import UserError, describe
+from braintumor.data.dataset import Dataset, Split, list_split, load_split
+from braintumor.data.twins import find_test_twins
+from braintumor.results import reports
+from braintumor.results.metrics import compute_metrics
 
 PREDICT_BATCH = 64
 

@@ -7,7 +7,6 @@ checkpoint; `resume` continues from there after a crash or a kill.
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 from dataclasses import dataclass
@@ -17,55 +16,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import augment, evaluate, features, rundir
-from .config import Config, TrainConfig, load_config, save_config
-from .data import Dataset, find_classes, load_dataset
-from .errors import UserError
-from .models import build_model
-
-CHECKPOINTS = "checkpoints"  # best.weights.h5, last.keras, state.json; removed when the run completes
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(setting: str) -> tuple[str, str]:
-    """The dtype policy to use and why."""
-    if setting != "auto":
-        return setting, "set in config"
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16", "auto: GPU found"
-    if cpu_supports_bf16():
-        return "mixed_bfloat16", "auto: CPU with bfloat16 instructions, where it beats float32 (BENCHMARKS.md)"
-    return "float32", "auto: CPU without bfloat16 instructions"
-
-
-def resolve_xla(model: keras.Model, setting: str) -> tuple[bool, str]:
-    """Whether to compile with XLA, and why."""
-    unsupported = [layer.name for layer in _all_layers(model) if not getattr(layer, "supports_jit", True)]
-    if setting == "off":
-        return False, "off in config"
-    if unsupported:
-        return False, f"layer {unsupported[0]} does not support XLA"
-    if setting == "on":
-        return True, "on in config"
-    if not tf.config.list_physical_devices("GPU"):
-        return False, "auto: off on CPU, where XLA trained slower than the default kernels (BENCHMARKS.md)"
-    return True, "auto: GPU and every layer supports XLA"
-
-
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if hasattr(layer, "layers"):
-            layers += _all_layers(layer)
-    return layers
+from braintumor.core import rundir
+from braintumor.core.config import Config, TrainConfig, load_config, save_config
+from braintumor.core.errors import UserError
+from braintumor.data import augment
+from braintumor.data.dataset import Dataset, find_classes, load_dataset
+from braintumor.engine import evaluate, features
+from braintumor.engine.callbacks import CHECKPOINTS, EpochState, truncate_history
+from braintumor.engine.runtime import environment, resolve_precision, resolve_xla
+from braintumor.models.build import build_model
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
@@ -83,51 +42,10 @@ def _class_weight(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> dic
     return {i: float(len(labels) / (num_classes * max(n, 1))) for i, n in enumerate(counts)}
 
 
-class EpochState(keras.callbacks.Callback):
-    """Per epoch: history row, best weights (by validation loss), last checkpoint, early stopping.
-
-    The state file is written last, so after a kill at any point it names a complete epoch.
-    """
-
-    def __init__(self, run_dir: Path, patience: int, state: dict, resumable: bool = True):
-        super().__init__()
-        self.run_dir, self.patience, self.state = run_dir, patience, state
-        self.resumable = resumable  # False: a head on cached features, which resume retrains from the start
-        self.folder = run_dir / CHECKPOINTS
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = dict(logs or {})
-        row = {"epoch": epoch + 1, **{key: float(value) for key, value in sorted(logs.items())}}
-        _append_history(self.run_dir / "history.csv", row)
-        val_loss = row.get("val_loss", row["loss"])
-        if self.state["best_val_loss"] is None or val_loss < self.state["best_val_loss"]:
-            self.state.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0)
-            self.model.save_weights(self.folder / "best.weights.h5")
-        else:
-            self.state["wait"] += 1
-        if self.resumable:
-            self.model.save(self.folder / "last.keras")
-        self.state["epoch"] = epoch + 1
-        rundir.write_json(self.folder / "state.json", self.state)
-        if self.patience and self.state["wait"] >= self.patience:
-            print(f"early stopping: validation loss has not improved for {self.patience} epochs")
-            self.model.stop_training = True
 
 
-def _append_history(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
 
 
-def _truncate_history(path: Path, epochs: int) -> None:
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(lines[:1 + epochs]))
 
 
 def _training_arrays(cfg: Config, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +119,7 @@ def resume(run_dir: Path) -> Path:
     if prepared.data.summary()["validation_files"] != rundir.read_json(run_dir / "data.json")["validation_files"]:
         raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
                         "resume needs the same files, or start a new run")
-    _truncate_history(run_dir / "history.csv", state["epoch"])
+    truncate_history(run_dir / "history.csv", state["epoch"])
     rundir.set_status(run_dir, "running")
     return _fit_and_report(cfg, run_dir, prepared, state)
 
@@ -219,7 +137,7 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict)
         device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
         print(f"device: {device} | precision: {precision} ({precision_reason}) | XLA: "
               f"{'on' if xla else 'off'} ({xla_reason})")
-        rundir.write_json(run_dir / "env.json", rundir.environment(
+        rundir.write_json(run_dir / "env.json", environment(
             seed=cfg.seed, device=device, precision=precision, precision_reason=precision_reason,
             xla=xla, xla_reason=xla_reason))
         print(f"run directory: {run_dir}")

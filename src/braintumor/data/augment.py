@@ -26,7 +26,7 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
-from .config import AugmentationConfig
+from braintumor.core.config import AugmentationConfig
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -> tf.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from .config import Config, ModelConfig
+from braintumor.core.config import Config, ModelConfig
 
 FEATURES_VERSION = 1  # bump when the extraction changes, to invalidate caches
 EXTRACT_BATCH = 64

@@ -10,16 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, describe
+from braintumor.core.atomic import atomic_output, write_json
+from braintumor.core.errors import UserError, describe
 
 
 def timestamp() -> str:
@@ -52,26 +49,14 @@ def unique_dir(parent: Path, name: str) -> Path:
 
 @contextlib.contextmanager
 def staged_dir(dest: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `dest`; rename it to `dest` on success, delete it on failure."""
+    """Yield a temporary sibling folder of `dest`, renamed to `dest` on success and removed on failure."""
     if dest.exists():
         raise UserError(f"{dest} already exists; choose another output folder")
-    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     try:
-        tmp.mkdir(parents=True)
+        with atomic_output(dest, folder=True) as tmp:
+            yield tmp
     except PermissionError as err:
         raise UserError(f"cannot write in {dest.parent}; choose a writable output folder") from err
-    try:
-        yield tmp
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def read_json(path: Path) -> Any:
@@ -88,39 +73,3 @@ def set_status(run_dir: Path, state: str, error: str | None = None) -> None:
     status = json.loads(path.read_text()) if path.is_file() else {"started": datetime.now().isoformat()}
     finished = datetime.now().isoformat() if state in ("completed", "failed") else None
     write_json(path, {**status, "state": state, "finished": finished, "error": error})
-
-
-def _git_commit() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
-                               timeout=5).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(**extra: Any) -> dict[str, Any]:
-    """Versions, machine and device facts for env.json."""
-    import keras
-    import numpy
-    import sklearn
-    import tensorflow as tf
-
-    return {
-        "command": sys.argv,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-        "numpy": numpy.__version__,
-        "scikit_learn": sklearn.__version__,
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "git_commit": _git_commit(),
-        **extra,
-    }

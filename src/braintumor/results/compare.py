@@ -15,10 +15,10 @@ import matplotlib
 import numpy as np
 import yaml
 
-from .errors import UserError
-from .metrics import LOWER_IS_BETTER, RANKABLE, compute_metrics, mcnemar, metric_value
-from .reports import read_predictions, write_csv
-from .rundir import read_json, staged_dir, timestamp
+from braintumor.core.errors import UserError
+from braintumor.core.rundir import read_json, staged_dir, timestamp
+from braintumor.results.metrics import LOWER_IS_BETTER, RANKABLE, compute_metrics, mcnemar, metric_value
+from braintumor.results.reports import read_predictions, write_csv
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)

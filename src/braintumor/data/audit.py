@@ -19,209 +19,56 @@ leaves room.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import time
-import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.fft import dctn
 from scipy.stats import wasserstein_distance
-from tqdm import tqdm
 
-from .data import IMAGE_EXTENSIONS
-from .errors import UserError
+from braintumor.core.errors import UserError
+from braintumor.data.files import IMAGE_EXTENSIONS, SPLITS, ImageFile, scan_tree
+from braintumor.data.twins import (
+    CORRELATION_MIN,
+    DARK_LEVEL,
+    DECODE_SIZE,
+    HAMMING_MAX,
+    Signatures,
+    compute_signatures,
+    match_pairs,
+)
 
-SPLITS = ("Training", "Testing")
-DECODE_SIZE = 128  # JPEG draft decoding to >= 128 px: fast, and plenty for statistics and thumbnails
-THUMB_SIZE = 64
-SPREAD = 1.4  # thumbnail box half-width in standard deviations of the brain's intensity mass
-DARK_LEVEL = 16  # gray level below which a pixel counts as background
-HAMMING_MAX = 12
-CORRELATION_MIN = 0.92
 SHIFT_FEATURES = ("brightness", "contrast", "dark_fraction", "side_px", "aspect")
 FIGURE_NAME = "example_pairs.png"
 
 
-@dataclass(frozen=True)
-class ImageFile:
-    split: str
-    label: str
-    path: Path
 
 
-def scan_tree(root: Path) -> tuple[list[ImageFile], list[Path]]:
-    """Image files under ROOT/<split>/<class>/ (by extension), and every other file there."""
-    images, others = [], []
-    for split in SPLITS:
-        class_dirs = sorted(d for d in (root / split).iterdir() if d.is_dir()) if (root / split).is_dir() else []
-        for class_dir in class_dirs:
-            for path in sorted(p for p in class_dir.iterdir() if p.is_file()):
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    images.append(ImageFile(split, class_dir.name, path))
-                else:
-                    others.append(path)
-    return images, others
 
 
-# ---------------------------------------------------------------- per-image signatures
-
-@dataclass
-class Signatures:
-    """Per-image arrays, one row per file; an unreadable file has error != "" and zeros elsewhere."""
-
-    sha256: np.ndarray  # (N,) str, hash of the file's bytes
-    size: np.ndarray  # (N, 2) width, height
-    mode: np.ndarray  # (N,) str, PIL colour mode
-    stats: np.ndarray  # (N, 3) gray mean, gray std, fraction of pixels below DARK_LEVEL
-    bits: np.ndarray  # (N, 64) bool perceptual hash
-    thumb: np.ndarray  # (N, THUMB_SIZE, THUMB_SIZE) uint8 brain-normalised thumbnail
-    error: np.ndarray  # (N,) str
 
 
-FIELDS = tuple(Signatures.__dataclass_fields__)
 
 
-def _brain_thumbnail(gray: np.ndarray) -> np.ndarray:
-    weight = np.maximum(gray - np.percentile(gray, 5), 0.0)
-    total = weight.sum()
-    if total <= 0:
-        return np.zeros((THUMB_SIZE, THUMB_SIZE), np.uint8)
-    ys, xs = np.arange(gray.shape[0]) + 0.5, np.arange(gray.shape[1]) + 0.5
-    py, px = weight.sum(1) / total, weight.sum(0) / total
-    cy, cx = py @ ys, px @ xs
-    sy, sx = np.sqrt(py @ (ys - cy) ** 2), np.sqrt(px @ (xs - cx) ** 2)
-    affine = (2 * SPREAD * sx / THUMB_SIZE, 0, cx - SPREAD * sx, 0, 2 * SPREAD * sy / THUMB_SIZE, cy - SPREAD * sy)
-    thumb = np.asarray(Image.fromarray(gray).transform(
-        (THUMB_SIZE, THUMB_SIZE), Image.Transform.AFFINE, affine, resample=Image.Resampling.BILINEAR))
-    low, high = thumb.min(), thumb.max()
-    return np.round(255 * (thumb - low) / max(high - low, 1e-6)).astype(np.uint8)
 
 
-def _perceptual_hash(thumb: np.ndarray) -> np.ndarray:
-    half = thumb.astype(np.float32).reshape(32, THUMB_SIZE // 32, 32, THUMB_SIZE // 32).mean((1, 3))
-    low = dctn(half, norm="ortho")[:8, :8].ravel()
-    return low > np.median(low[1:])  # median without the DC term, as in the usual pHash
 
 
-def _signature(path: Path) -> tuple:
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            size, mode = image.size, image.mode
-            image.draft("L", (DECODE_SIZE, DECODE_SIZE))
-            gray = np.asarray(image.convert("L"), dtype=np.float32)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return (digest, (0, 0), "", np.zeros(3, np.float32), np.zeros(64, bool),
-                np.zeros((THUMB_SIZE, THUMB_SIZE), np.uint8), f"{type(err).__name__}: {err}")
-    stats = np.array([gray.mean(), gray.std(), (gray < DARK_LEVEL).mean()], np.float32)
-    thumb = _brain_thumbnail(gray)
-    return digest, size, mode, stats, _perceptual_hash(thumb), thumb, ""
 
 
-def _cache_key(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}"
 
-
-def _load_cache(cache_file: Path | None) -> dict[str, tuple]:
-    if cache_file is None or not cache_file.is_file():
-        return {}
-    try:
-        with np.load(cache_file, allow_pickle=False) as saved:
-            columns = [saved[name] for name in FIELDS]
-            return dict(zip(saved["keys"].tolist(), zip(*columns, strict=True), strict=True))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return {}  # a damaged cache only costs a re-decode
-
-
-def _save_cache(cache_file: Path, rows: dict[str, tuple]) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f"{cache_file.name}.partial-{os.getpid()}")
-    columns = {name: np.array([row[i] for row in rows.values()]) for i, name in enumerate(FIELDS)}
-    with open(tmp, "wb") as fh:
-        np.savez(fh, keys=np.array(list(rows)), **columns)
-    tmp.replace(cache_file)
-
-
-def compute_signatures(files: Sequence[Path], cache_dir: Path | None = None) -> Signatures:
-    """Read each file once: content hash, size, mode, intensity statistics, hash and thumbnail.
-
-    With ``cache_dir``, signatures are kept in ``cache_dir/signatures.npz`` keyed by
-    (path, size, mtime), so a changed file is read again.
-    """
-    files = [Path(f) for f in files]
-    if not files:
-        raise ValueError("compute_signatures needs at least one file")
-    cache_file = Path(cache_dir) / "signatures.npz" if cache_dir is not None else None
-    rows = _load_cache(cache_file)
-    keys = [_cache_key(f) for f in files]
-    missing = [i for i, key in enumerate(keys) if key not in rows]
-    for i in tqdm(missing, desc="reading images", unit="img", disable=not missing):
-        rows[keys[i]] = _signature(files[i])
-    if cache_file is not None and missing:
-        _save_cache(cache_file, rows)
-    wanted = [rows[key] for key in keys]
-    return Signatures(*(np.array([row[i] for row in wanted]) for i in range(len(FIELDS))))
 
 
 # ---------------------------------------------------------------- matching
 
-def _match_pairs(sigs: Signatures, rows: np.ndarray, cols: np.ndarray, within: bool) -> list[tuple]:
-    """(i, j, kind, hamming, correlation) for exact ("exact": same bytes) and near ("near") duplicates.
-
-    i comes from ``rows`` and j from ``cols`` (indices into ``sigs``); with ``within`` the two are
-    the same set and each unordered pair appears once.
-    """
-    bits = sigs.bits.astype(np.float32)
-    readable = sigs.error == ""
-    codes = np.unique(sigs.sha256, return_inverse=True)[1]
-    vectors = sigs.thumb.reshape(len(sigs.thumb), -1).astype(np.float32)
-    vectors -= vectors.mean(1, keepdims=True)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
-    found = []
-    for start in range(0, len(rows), 1024):
-        block = rows[start:start + 1024]
-        hamming = bits[block] @ (1 - bits[cols]).T + (1 - bits[block]) @ bits[cols].T
-        exact = codes[block][:, None] == codes[cols][None, :]
-        candidate = exact | ((hamming <= HAMMING_MAX) & readable[block][:, None] & readable[cols][None, :])
-        if within:
-            candidate &= block[:, None] < cols[None, :]
-        a, b = np.nonzero(candidate)
-        i, j = block[a], cols[b]
-        correlation = np.empty(len(i), np.float32)
-        for s in range(0, len(i), 4096):  # bounded memory when many pairs are candidates
-            correlation[s:s + 4096] = np.einsum("nk,nk->n", vectors[i[s:s + 4096]], vectors[j[s:s + 4096]])
-        for n in np.flatnonzero(exact[a, b] | (correlation >= CORRELATION_MIN)):
-            kind = "exact" if exact[a[n], b[n]] else "near"
-            found.append((int(i[n]), int(j[n]), kind, int(hamming[a[n], b[n]]), float(correlation[n])))
-    return found
 
 
-def find_test_twins(
-    train_files: Sequence[Path], test_files: Sequence[Path], cache_dir: Path | None = None
-) -> dict[Path, list[Path]]:
-    """Map each Testing file that has an exact or near duplicate in Training to those Training files."""
-    train, test = [Path(p) for p in train_files], [Path(p) for p in test_files]
-    if not train or not test:
-        return {}
-    sigs = compute_signatures(test + train, cache_dir)
-    n_test = len(test)
-    twins: dict[Path, list[Path]] = defaultdict(list)
-    for i, j, *_ in _match_pairs(sigs, np.arange(n_test), np.arange(n_test, n_test + len(train)), within=False):
-        twins[test[i]].append(train[j - n_test])
-    return {test_file: sorted(found) for test_file, found in twins.items()}
 
 
 # ---------------------------------------------------------------- report sections
@@ -311,7 +158,7 @@ def _prefixes(images: list[ImageFile]) -> dict:
 def _duplicates(images: list[ImageFile], sigs: Signatures, root: Path) -> dict:
     index = np.arange(len(images))
     pairs = []
-    for i, j, kind, hamming, correlation in _match_pairs(sigs, index, index, within=True):
+    for i, j, kind, hamming, correlation in match_pairs(sigs, index, index, within=True):
         if images[i].split == "Training" and images[j].split == "Testing":
             i, j = j, i  # cross-split pairs list the Testing file first
         a, b = images[i], images[j]

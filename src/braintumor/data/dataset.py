@@ -1,4 +1,4 @@
-"""Data: find class folders, decode images (cached on disk), preprocess, split off validation.
+"""The data set: class folders, decoded splits, the stratified validation split, Testing twins dropped.
 
 Images are kept as uint8 RGB arrays in [0, 255] at `image_size`; each model applies its own
 backbone preprocessing, so one cache serves every backbone.
@@ -6,26 +6,19 @@ backbone preprocessing, so one cache serves every backbone.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 from sklearn.model_selection import train_test_split
-from tqdm import tqdm
 
-from .config import Config, DataConfig
-from .errors import UserError
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
-DECODE_VERSION = 1  # bump when decoding or preprocessing changes, to invalidate caches
+from braintumor.core.config import Config, DataConfig
+from braintumor.core.errors import UserError
+from braintumor.data.decode import decode_files
+from braintumor.data.files import subfolders, walk
+from braintumor.data.synth import make_dataset
+from braintumor.data.twins import find_test_twins
 
 
 @dataclass
@@ -74,7 +67,7 @@ class Dataset:
 
 def discover_classes(cfg: DataConfig) -> list[str]:
     train_root = _split_root(cfg, cfg.train_dir)
-    found = sorted(p.name for p in train_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = subfolders(train_root)
     if cfg.classes is None:
         if len(found) < 2:
             raise UserError(f"{train_root} has {len(found)} class folder(s); it needs one subfolder per class")
@@ -101,7 +94,7 @@ def _split_root(cfg: DataConfig, split_dir: str) -> Path:
 def list_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[list[str], list[int], list[str]]:
     """Image files (relative to root) and labels of one split, plus the ignored non-image files."""
     split_root = _split_root(cfg, split_dir)
-    present = sorted(p.name for p in split_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    present = subfolders(split_root)
     extra, missing = set(present) - set(classes), set(classes) - set(present)
     if missing or (extra and cfg.classes is None):
         problem = (f"lacks class folder {sorted(missing)[0]}" if missing
@@ -111,113 +104,15 @@ def list_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[lis
     root = Path(cfg.root).expanduser()
     files, labels, ignored = [], [], []
     for index, name in enumerate(classes):
-        class_files = []
-        for path in sorted((split_root / name).rglob("*")):
-            if path.is_file():
-                relative = path.relative_to(root).as_posix()
-                (class_files if path.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(relative)
+        found, others = walk(split_root / name)
+        class_files = [path.relative_to(root).as_posix() for path in found]
+        ignored += [path.relative_to(root).as_posix() for path in others]
         if not class_files:
             raise UserError(f"{split_root / name} has no images (.jpg .jpeg .png .bmp); "
                             "add images or leave the class out with data.classes")
         files += class_files
         labels += [index] * len(class_files)
     return files, labels, ignored
-
-
-# ---------------------------------------------------------------- decoding and preprocessing
-
-def brain_mask(gray: np.ndarray) -> np.ndarray:
-    """The largest bright connected region: the brain against the dark MRI background."""
-    threshold = max(10.0, 0.1 * float(np.percentile(gray, 99)))
-    labelled, count = ndimage.label(gray > threshold)
-    if count == 0:
-        return np.ones_like(gray, dtype=bool)
-    sizes = np.bincount(labelled.ravel())[1:]
-    return ndimage.binary_fill_holes(labelled == 1 + int(np.argmax(sizes)))
-
-
-def _brain_crop(rgb: np.ndarray) -> np.ndarray:
-    mask = brain_mask(rgb.mean(axis=2))
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    margin = int(0.03 * max(mask.shape))
-    top, bottom = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, mask.shape[0])
-    left, right = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, mask.shape[1])
-    crop = rgb[top:bottom, left:right]
-    side = max(crop.shape[:2])
-    square = np.zeros((side, side, 3), dtype=rgb.dtype)
-    y, x = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
-    square[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
-    return square
-
-
-def _standardize(rgb: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance over the brain, mapped back to [0, 255] (±3 σ) for the backbones."""
-    gray = rgb.mean(axis=2)
-    mask = brain_mask(gray)
-    mean, std = gray[mask].mean(), gray[mask].std() + 1e-6
-    z = (rgb.astype(np.float32) - mean) / std
-    out = np.clip(127.5 + 42.5 * z, 0, 255)
-    out[~mask] = 0
-    return out.astype(np.uint8)
-
-
-def decode_image(path: Path, size: int, preprocess: list[str]) -> np.ndarray:
-    """One file → (size, size, 3) uint8 RGB; the same function serves training, evaluation, prediction."""
-    with Image.open(path) as image:
-        image.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at reduced scale, much faster
-        rgb = np.asarray(image.convert("RGB"))
-    if "brain_crop" in preprocess:
-        rgb = _brain_crop(rgb)
-    rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-    if "standardize" in preprocess:
-        rgb = _standardize(rgb)
-    return rgb
-
-
-def _cache_key(root: Path, files: list[str], size: int, preprocess: list[str]) -> str:
-    digest = hashlib.sha256(json.dumps([DECODE_VERSION, size, preprocess]).encode())
-    for relative in files:
-        stat = (root / relative).stat()
-        digest.update(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:24]
-
-
-def decode_files(root: Path, files: list[str], cfg: DataConfig, desc: str) -> tuple[np.ndarray, list[dict]]:
-    """Decode (or read from cache) the images; returns the array and the skipped files.
-
-    Unreadable files are dropped from the array in order, and listed with the reason.
-    """
-    cache = Path(cfg.cache_dir).expanduser() / f"decoded-{_cache_key(root, files, cfg.image_size, cfg.preprocess)}"
-    if (cache / "images.npy").is_file():
-        skipped = json.loads((cache / "skipped.json").read_text())
-        return np.load(cache / "images.npy", mmap_mode="r"), skipped
-    images, skipped = [], []
-    for relative in tqdm(files, desc=f"decoding {desc}", unit="img", leave=False):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                images.append(decode_image(root / relative, cfg.image_size, cfg.preprocess))
-        except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombWarning) as err:
-            if cfg.strict:
-                raise UserError(f"cannot read image {root / relative} ({err}); remove or replace it, "
-                                "or set data.strict: false to skip unreadable images") from err
-            skipped.append({"file": relative, "reason": str(err) or type(err).__name__})
-    array = np.stack(images) if images else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
-    _write_cache(cache, array, skipped)
-    return array, skipped
-
-
-def _write_cache(cache: Path, images: np.ndarray, skipped: list[dict]) -> None:
-    tmp = cache.with_name(f"{cache.name}.partial-{os.getpid()}")
-    try:
-        tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "images.npy", images)
-        (tmp / "skipped.json").write_text(json.dumps(skipped))
-        tmp.rename(cache)
-    except OSError as err:  # a read-only or full cache folder only costs speed
-        warnings.warn(f"could not write the image cache {cache} ({err}); the next run decodes again",
-                      stacklevel=2)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[Split, dict, list[dict], list[str]]:
@@ -239,8 +134,6 @@ def load_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[Spl
 def find_classes(cfg: DataConfig) -> list[str]:
     """The class names (writing the synthetic data set first where the config asks for it)."""
     if cfg.make_synthetic_if_missing and not Path(cfg.root).expanduser().exists():
-        from .synth import make_dataset
-
         print(f"data root {cfg.root} is absent: writing the synthetic quickstart data set there")
         make_dataset(Path(cfg.root).expanduser())
     return discover_classes(cfg)
@@ -269,8 +162,6 @@ def load_dataset(cfg: Config, classes: list[str] | None = None) -> Dataset:
 
 
 def _drop_test_twins(root: Path, train: Split, test: Split, cfg: DataConfig) -> tuple[Split, list[str]]:
-    from .audit import find_test_twins
-
     twins = find_test_twins([root / f for f in train.files], [root / f for f in test.files],
                             cache_dir=Path(cfg.cache_dir).expanduser())
     twin_files = {p.relative_to(root).as_posix() for paths in twins.values() for p in paths}

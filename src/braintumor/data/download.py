@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from .audit import SPLITS, scan_tree
-from .errors import UserError
+from braintumor.core.errors import UserError
+from braintumor.data.files import SPLITS, scan_tree
 
 DATASET_URL = ("https://github.com/SartajBhuvaji/Brain-Tumor-Classification-DataSet/"
                "archive/refs/heads/master.zip")

@@ -1,0 +1,59 @@
+"""The one way to write an output: build it at a hidden temp sibling, then rename it into place.
+
+A reader (or a resumed run) sees either the old file or the complete new one, never half a file;
+a failure, including a full disk or Ctrl-C, removes the temp sibling and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output(dest: Path, folder: bool = False) -> Iterator[Path]:
+    """Yield a temp path next to `dest`; on success it is renamed to `dest`, on any failure removed.
+
+    `folder=True` creates the temp path as a folder to fill (`dest` must not exist yet); otherwise
+    the caller writes a file there, and it replaces `dest` if `dest` exists.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    if folder:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if not folder:
+            with open(tmp, "rb") as handle:  # on disk before the rename, so a power cut keeps old or new
+                os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")

@@ -1,0 +1,1 @@
+"""Engine: training, runtime choices (precision, XLA), callbacks, the feature cache and evaluation."""

@@ -1,0 +1,1 @@
+"""Models: Keras models built from the backbone registry (core/backbones.py)."""
