@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import socket
 import stat
 import threading
@@ -77,16 +78,16 @@ def _assert_installed(dest: Path, expected: dict) -> None:
 
 
 def test_download_from_archive_then_noop(synthetic: tuple[Path, Path, dict], tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         caplog: pytest.LogCaptureFixture) -> None:
     _, archive, expected = synthetic
     dest = tmp_path / "data/brain-tumor-mri"
     assert download(dest, archive=archive, expected=expected) == dest
     _assert_installed(dest, expected)
     marker_time = (dest / MARKER).stat().st_mtime_ns
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="braintumor")
     # no archive and an unreachable URL: the second call must not fetch anything
     download(dest, url=_closed_port_url(), expected=expected)
-    assert "already there and verified" in capsys.readouterr().out
+    assert "already there and verified" in caplog.text
     assert (dest / MARKER).stat().st_mtime_ns == marker_time
 
 

@@ -1,28 +1,77 @@
 """Command line: parse arguments, call one stage module, turn user errors into exit code 2.
 
-Heavy modules (TensorFlow) are imported inside the commands so `validate` and `--help` stay fast.
+Arguments and configs are checked before TensorFlow loads, so a typo answers at once; `validate`
+and `--help` never import TensorFlow. TensorFlow's start-up chatter is hidden unless --debug.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import sys
 from pathlib import Path
+from types import ModuleType
 
+from braintumor import __version__
 from braintumor.core.errors import UserError
+from braintumor.core.logs import native_stderr_filtered, setup_console
+
+DESCRIPTION = """\
+Train and compare brain MRI tumour classifiers (glioma, meningioma, pituitary, no tumour) with
+Keras: every experiment is one YAML config, every run one self-contained folder.
+
+first run (synthetic data, no download, about a minute on a laptop CPU):
+  braintumor train configs/quickstart.yaml
+
+the usual path with the real data set:
+  braintumor data download            fetch and verify it into data/brain-tumor-mri
+  braintumor data audit ROOT          duplicates, label conflicts, Training/Testing shift
+  braintumor validate CONFIG...       check configs in a second
+  braintumor train CONFIG             train one experiment into outputs/<name>-<time>/
+  braintumor evaluate --run RUN_DIR   score a trained run on a split or another folder
+  braintumor compare outputs/         side-by-side tables with intervals and McNemar tests
+"""
+EPILOG = """\
+Each command has its own --help. Bad input ends with exit code 2 and one line naming the cause and
+the fix; --debug adds the traceback. Config keys: README.md, section "Configs"."""
+CONFIG_HELP = """\
+Config keys, their defaults and allowed values: README.md, section "Configs" (the schema is
+src/braintumor/core/config.py). Check a config without training: braintumor validate CONFIG."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout and shows real defaults (not None, False or [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _load_engine(module: str, debug: bool) -> ModuleType:
+    """Import an engine module (TensorFlow loads here), hiding TensorFlow's start-up lines unless --debug."""
+    with native_stderr_filtered(enabled=not debug):
+        engine = importlib.import_module(f"braintumor.engine.{module}")
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # CUDA probing, and its `failed call to cuInit` line, happens here once
+    return engine
 
 
 def _train(args: argparse.Namespace) -> None:
-    from braintumor.engine import train
-
     if args.resume:
-        train.resume(Path(args.resume))
-    else:
-        if not args.config:
-            raise UserError("train needs a CONFIG file or --resume RUN_DIR; "
-                            "e.g. braintumor train configs/quickstart.yaml")
-        train.train_from_file(Path(args.config), args.set)
+        _load_engine("train", args.debug).resume(Path(args.resume))
+        return
+    if not args.config:
+        raise UserError("train needs a CONFIG file or --resume RUN_DIR; "
+                        "e.g. braintumor train configs/quickstart.yaml")
+    from braintumor.core.config import load_config
+    from braintumor.data.dataset import find_classes
+
+    cfg = load_config(Path(args.config), args.set)
+    find_classes(cfg.data)  # a missing data root fails here, before TensorFlow loads
+    _load_engine("train", args.debug).run(cfg)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -36,9 +85,9 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from braintumor.engine import evaluate
-
-    evaluate.evaluate_run(
+    if not Path(args.run).is_dir():
+        raise UserError(f"run folder {args.run} not found; pass a folder that `braintumor train` wrote")
+    _load_engine("evaluate", args.debug).evaluate_run(
         Path(args.run),
         data_root=Path(args.data) if args.data else None,
         split=args.split,
@@ -76,62 +125,97 @@ def _download(args: argparse.Namespace) -> None:
     download.download(Path(args.dest), archive=Path(args.archive) if args.archive else None, url=args.url)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="braintumor", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser = argparse.ArgumentParser(prog="braintumor", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks for errors and TensorFlow's start-up messages")
     # --debug is accepted after the command too; SUPPRESS keeps the subcommand from resetting it
     debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_command = functools.partial(commands.add_parser, parents=[debug])
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks for errors and TensorFlow's start-up messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_command = functools.partial(commands.add_parser, parents=[debug], formatter_class=_HelpFormatter)
     overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                 "help": "override a config value, e.g. --set train.epochs=2 (YAML-typed; repeatable)"}
+                 "help": "override a config value, e.g. --set train.epochs=2 --set data.root=PATH "
+                         "(the value is read as YAML; repeatable)"}
 
-    p = add_command("train", help="train one experiment from a YAML config")
-    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/inception_rmsprop.yaml")
+    p = add_command("train", help="train one experiment from a YAML config",
+                    description="Train one experiment into a new run folder <output.dir>/<name>-<time>/.",
+                    epilog=CONFIG_HELP)
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
     p.add_argument("--set", **overrides)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last saved epoch")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last saved epoch (CONFIG is then not needed)")
     p.set_defaults(func=_train)
 
-    p = add_command("validate", help="check configs without training")
-    p.add_argument("configs", nargs="+", metavar="CONFIG")
+    p = add_command("validate", help="check configs without training (no TensorFlow, about a second)",
+                    description="Check configs against the schema: unknown keys and bad values fail with "
+                                "the key path and what is allowed.", epilog=CONFIG_HELP)
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML config files, e.g. configs/*.yaml")
     p.add_argument("--set", **overrides)
     p.set_defaults(func=_validate)
 
-    p = add_command("evaluate", help="evaluate a trained run on a split or another folder tree")
-    p.add_argument("--run", required=True, metavar="RUN_DIR")
-    p.add_argument("--data", metavar="ROOT", help="data root (default: the run's data.root)")
-    p.add_argument("--split", default="Testing", help="Testing, Training, validation, or a folder name under ROOT")
+    p = add_command("evaluate", help="evaluate a trained run on a split or another folder tree",
+                    description="Score a run's model.keras; writes metrics.json, predictions.csv and the "
+                                "report files into a new folder.")
+    p.add_argument("--run", required=True, metavar="RUN_DIR",
+                   help="a run folder written by `braintumor train`, e.g. outputs/quickstart-20261127-120000")
+    p.add_argument("--data", metavar="ROOT", help="data root holding the split (default: the run's data.root)")
+    p.add_argument("--split", default="Testing",
+                   help="Testing, Training, validation (the run's own validation files), or a folder name under ROOT")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval/<split>-<time>)")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     p.add_argument("--leak-free", action="store_true",
                    help="also report metrics on the test images that have no twin in Training")
     p.set_defaults(func=_evaluate)
 
-    p = add_command("compare", help="side-by-side tables of all runs under a folder")
-    p.add_argument("outputs", metavar="OUTPUTS_DIR")
-    p.add_argument("--metric", default="accuracy", help="rank runs by this metric (default: accuracy)")
+    p = add_command("compare", help="side-by-side tables of all runs under a folder",
+                    description="Rank the completed runs under OUTPUTS_DIR (only runs scored on the same "
+                                "test files against each other) with bootstrap intervals and McNemar tests.")
+    p.add_argument("outputs", metavar="OUTPUTS_DIR", help="folder holding run folders, e.g. outputs/")
+    p.add_argument("--metric", default="accuracy",
+                   help="rank runs by this metric (e.g. accuracy, macro_f1, balanced_accuracy, loss)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: OUTPUTS_DIR/comparison-<time>)")
     p.add_argument("--include-eval", action="store_true", help="also compare results under RUN_DIR/eval/")
     p.set_defaults(func=_compare)
 
-    data = add_command("data", help="data set tools").add_subparsers(dest="data_command", required=True)
-    add_data_command = functools.partial(data.add_parser, parents=[debug])
-    p = add_data_command("synth", help="write a small synthetic MRI-like data set")
-    p.add_argument("dest")
-    p.add_argument("--train-per-class", type=int, default=60)
-    p.add_argument("--test-per-class", type=int, default=20)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    data = add_command("data", help="data set tools: synth, audit, download",
+                       description="Data set tools.").add_subparsers(dest="data_command", required=True,
+                                                                     metavar="DATA_COMMAND")
+    add_data_command = functools.partial(data.add_parser, parents=[debug], formatter_class=_HelpFormatter)
+    p = add_data_command("synth", help="write a small synthetic MRI-like data set",
+                         description="Write DEST/{Training,Testing}/<class>/*.jpg: a small, learnable, "
+                                     "deterministic MRI-like data set (the quickstart's data).")
+    p.add_argument("dest", metavar="DEST", help="new or empty folder to write, e.g. data/synthetic")
+    p.add_argument("--train-per-class", type=_positive, default=60, metavar="N", help="Training images per class")
+    p.add_argument("--test-per-class", type=_positive, default=20, metavar="N", help="Testing images per class")
+    p.add_argument("--size", type=_positive, default=128, metavar="PX", help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same arguments give the same bytes")
     p.set_defaults(func=_synth)
 
-    p = add_data_command("audit", help="leakage, label conflicts and Training/Testing shift of a data set")
-    p.add_argument("root")
+    p = add_data_command("audit", help="leakage, label conflicts and Training/Testing shift of a data set",
+                         description="Audit ROOT/{Training,Testing}/<class>/: exact and near duplicates, "
+                                     "label conflicts, shift, revealing file names.")
+    p.add_argument("root", metavar="ROOT", help="folder holding Training/ and Testing/, e.g. data/brain-tumor-mri")
     p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/audit-<time>)")
     p.set_defaults(func=_audit)
 
-    p = add_data_command("download", help="fetch and verify the public data set")
-    p.add_argument("--dest", default="data/brain-tumor-mri")
+    p = add_data_command("download", help="fetch and verify the public data set",
+                         description="Fetch the public data set (or take a local zip), extract it with size "
+                                     "and path checks, verify counts and content hash, and move it to DEST.")
+    p.add_argument("--dest", default="data/brain-tumor-mri", metavar="DIR", help="where the verified data set goes")
     p.add_argument("--archive", metavar="ZIP", help="use a local zip instead of downloading")
     p.add_argument("--url", default=None, help="archive URL (default: the data set's GitHub archive)")
     p.set_defaults(func=_download)
@@ -140,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print as \udcXX, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    setup_console(args.debug)
     try:
         args.func(args)
     except UserError as err:

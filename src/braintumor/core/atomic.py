@@ -52,7 +52,8 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())
+    """UTF-8; a file name that is not valid UTF-8 (surrogate escapes) is written as visible \\udcXX."""
+    write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def write_json(path: Path, obj: Any) -> None:

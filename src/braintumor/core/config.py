@@ -17,8 +17,13 @@ from typing import Any, Literal
 
 import yaml
 
+from braintumor.core.atomic import write_text
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.errors import UserError, describe
+
+SYNTHETIC_ROOT = "data/synthetic"  # the quickstart's folder, relative to the current folder
+# keys whose YAML `null` means the string "none"; a null anywhere else (not an Optional key) is an error
+NULL_MEANS_NONE = frozenset({"model.weights"})
 
 Mode = Literal["feature-extraction", "fine-tune", "full"]
 Preprocess = Literal["brain_crop", "standardize"]
@@ -35,7 +40,9 @@ class DataConfig:
     preprocess: list[Preprocess] = field(default_factory=list)  # applied in this order, before caching
     strict: bool = False  # True: an unreadable image fails the run instead of being skipped
     cache_dir: str = "~/.cache/braintumor"
-    make_synthetic_if_missing: bool = False  # quickstart: write `braintumor data synth` data at root
+    # quickstart only: write `braintumor data synth` data at root when it is absent, and only when root is
+    # SYNTHETIC_ROOT, so a mistyped root is an error instead of a silently invented data set
+    make_synthetic_if_missing: bool = False
     exclude_test_twins: bool = False  # drop Training images with an exact/near duplicate in Testing
 
     def validate(self, check: _Check) -> None:
@@ -194,8 +201,11 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if hint is str and value is None:  # `weights: none` written as YAML null
-        return "none"
+    if value is None:
+        if path in NULL_MEANS_NONE:  # `weights: none` written as YAML null
+            return "none"
+        raise UserError(f"{source}: {path} is null, which is not allowed here; give a {hint.__name__} value "
+                        "or remove the key to use the default")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise UserError(f"{source}: {path} = {value!r} must be of type {hint.__name__}")
     return value
@@ -203,19 +213,30 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
 
 def _apply_override(raw: dict, override: str) -> None:
     key, sep, text = override.partition("=")
-    if not sep or not key:
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
         raise UserError(f"--set {override!r} must look like KEY=VALUE, e.g. --set train.epochs=2")
-    *parents, leaf = key.strip().split(".")
+    *parents, leaf = parts
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(text) if text.strip() else ""
+    try:
+        node[leaf] = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:  # unclosed brackets, `!!python/...` tags (safe_load refuses them)
+        problem = getattr(err, "problem", None) or describe(err)
+        raise UserError(f"--set {override!r}: the value is not plain YAML ({problem}); "
+                        "quote it or write e.g. [1, 2], true, 0.001, text") from err
 
 
-def parse_config(raw: dict, source: str, overrides: typing.Iterable[str] = ()) -> Config:
+def parse_config(raw: Any, source: str, overrides: typing.Iterable[str] = ()) -> Config:
     """Validate a raw mapping (plus KEY=VALUE overrides) into a Config."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the file must be a mapping of keys (section: ...), got a "
+                        f"{type(raw).__name__}; see configs/quickstart.yaml for the layout")
     for override in overrides:
         _apply_override(raw, override)
     return _build(Config, raw, "", source)
@@ -226,8 +247,13 @@ def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass a YAML file such as configs/quickstart.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read config file {path} as UTF-8 text ({describe(err)}); "
+                        "check its permissions and encoding") from err
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}: invalid YAML{where} ({getattr(err, 'problem', None) or describe(err)}); "
@@ -238,4 +264,4 @@ def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 ROOT = "braintumor"
+# TensorFlow's C++ start-up lines: absl's "before InitializeLog" notice and glog-style lines such as
+# "I0000 00:00:1795782102.672107  7662 port.cc:153] oneDNN custom operations are on"
+_NATIVE_CHATTER = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\])")
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -21,11 +29,59 @@ def setup_console(debug: bool = False) -> None:
     """Messages to stdout, plain; --debug adds DEBUG messages. Idempotent."""
     root = logging.getLogger(ROOT)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if not any(getattr(h, "_braintumor_console", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._braintumor_console = True  # type: ignore[attr-defined]
+    if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
+        handler = _ConsoleHandler()
+        handler.setFormatter(_ConsoleFormatter())
         root.addHandler(handler)
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a message comes (a redirect, pytest's capture), not the
+    stream that happened to be there at setup."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """Plain messages; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        # a file name that is not valid UTF-8 (surrogate escapes) would make the console write fail
+        text = super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(enabled: bool = True) -> Iterator[None]:
+    """Hide TensorFlow's C++ start-up lines (oneDNN, CUDA probing, `failed call to cuInit`) while the
+    block runs; every other line written to stderr meanwhile is passed on when it ends.
+
+    TensorFlow writes them to file descriptor 2 before absl logging is set up, so TF_CPP_MIN_LOG_LEVEL
+    does not hide them; only capturing the descriptor while TensorFlow loads and probes devices does.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().splitlines(keepends=True) if not _NATIVE_CHATTER.match(line)]
+            sys.stderr.write(b"".join(kept).decode(errors="replace"))
+            sys.stderr.flush()
 
 
 @contextlib.contextmanager

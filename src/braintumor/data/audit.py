@@ -19,10 +19,7 @@ leaves room.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import time
 from collections import Counter, defaultdict
 from datetime import datetime
@@ -32,7 +29,10 @@ import numpy as np
 from PIL import Image
 from scipy.stats import wasserstein_distance
 
+from braintumor.core.atomic import write_json, write_text
 from braintumor.core.errors import UserError
+from braintumor.core.logs import get_logger
+from braintumor.core.rundir import staged_dir
 from braintumor.data.files import IMAGE_EXTENSIONS, SPLITS, ImageFile, scan_tree
 from braintumor.data.twins import (
     CORRELATION_MIN,
@@ -43,32 +43,11 @@ from braintumor.data.twins import (
     compute_signatures,
     match_pairs,
 )
+from braintumor.results.cells import md_cell as md
 
+log = get_logger(__name__)
 SHIFT_FEATURES = ("brightness", "contrast", "dark_fraction", "side_px", "aspect")
 FIGURE_NAME = "example_pairs.png"
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------- matching
-
-
-
 
 
 # ---------------------------------------------------------------- report sections
@@ -228,7 +207,7 @@ def _plot_pairs(report: dict, root: Path, path: Path) -> None:
 def _markdown(report: dict) -> str:
     lines = [f"# Data set audit: {report['root']}", "",
              f"{report['created']}, {report['seconds']} s.", "", "## Counts", "",
-             "| split | " + " | ".join(report["classes"]) + " | total | imbalance (max/min) |",
+             "| split | " + " | ".join(map(md, report["classes"])) + " | total | imbalance (max/min) |",
              "|---" * (len(report["classes"]) + 3) + "|"]
     for split, counts in report["counts"].items():
         lines.append(f"| {split} | " + " | ".join(str(counts.get(c, 0)) for c in report["classes"])
@@ -236,7 +215,7 @@ def _markdown(report: dict) -> str:
     problems = report["problem_files"]
     lines += ["", f"Non-image files: {len(problems['non_image'])}; unreadable: {len(problems['unreadable'])}; "
               f"truncated: {len(problems['truncated'])}."]
-    lines += [f"- {entry}" for key in ("non_image", "unreadable", "truncated") for entry in problems[key][:20]]
+    lines += [f"- {md(entry)}" for key in ("non_image", "unreadable", "truncated") for entry in problems[key][:20]]
     lines += ["", "## Images per split and class", "",
               "| split | class | n | top sizes | distinct sizes | modes | brightness | contrast | dark fraction |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -245,7 +224,7 @@ def _markdown(report: dict) -> str:
             sizes = ", ".join(f"{k} ({v})" for k, v in list(s["sizes_top5"].items())[:3])
             stats = [f"{s[k]['mean']:.3g} ± {s[k]['std']:.2g}" if s[k] else "-"
                      for k in ("brightness", "contrast", "dark_fraction")]
-            lines.append(f"| {split} | {label} | {s['n']} | {sizes} | {s['distinct_sizes']} | "
+            lines.append(f"| {split} | {md(label)} | {s['n']} | {sizes} | {s['distinct_sizes']} | "
                          f"{', '.join(f'{k} ({v})' for k, v in s['modes'].items())} | " + " | ".join(stats) + " |")
     lines += ["", f"Brightness and contrast: mean and standard deviation of the gray level (0-255) of each image "
               f"(decoded at >= {DECODE_SIZE} px); dark fraction: share of pixels below {DARK_LEVEL}.", "",
@@ -257,7 +236,7 @@ def _markdown(report: dict) -> str:
               "| class | score | most shifted feature | " + " | ".join(SHIFT_FEATURES) + " |",
               "|---" * (len(SHIFT_FEATURES) + 3) + "|"]
     for row in report["shift"]:
-        lines.append(f"| {row['class']} | {row['score']} | {row['top_feature']} | "
+        lines.append(f"| {md(row['class'])} | {row['score']} | {row['top_feature']} | "
                      + " | ".join(str(row["features"][k]) for k in SHIFT_FEATURES) + " |")
     lines += ["", "## Duplicates", "",
               f"Exact: same bytes (SHA-256). Near: perceptual hash (64-bit DCT of a brain-normalised 64x64 "
@@ -272,8 +251,8 @@ def _markdown(report: dict) -> str:
               f"{report['training_files_with_testing_twin']}.", "",
               f"## Label conflicts ({len(report['label_conflicts'])} pairs)", "",
               "| kind | where | file | class | file | class | r |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {p['kind']} | {p['where']} | {p['a']} | {p['class_a']} | {p['b']} | {p['class_b']} | "
-              f"{p['correlation']} |" for p in report["label_conflicts"]]
+    lines += [f"| {p['kind']} | {p['where']} | {md(p['a'])} | {md(p['class_a'])} | {md(p['b'])} | "
+              f"{md(p['class_b'])} | {p['correlation']} |" for p in report["label_conflicts"]]
     lines += ["", "## File-name prefixes", "",
               "Prefix = the letters before the first digit or punctuation. A prefix gives the class away when "
               ">= 95 % of its (>= 5) files sit in one class.", ""]
@@ -282,37 +261,37 @@ def _markdown(report: dict) -> str:
                   f"(majority-class baseline {found['majority_baseline']:.1%}).", "",
                   "| prefix | files | majority class | precision | share of class | gives away |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {r['prefix'] or '(none)'} | {r['n']} | {r['class']} | {r['precision']} | "
+        lines += [f"| {md(r['prefix'] or '(none)')} | {r['n']} | {md(r['class'])} | {r['precision']} | "
                   f"{r['share_of_class']} | {'yes' if r['gives_away'] else ''} |" for r in found["prefixes"]]
         lines.append("")
     lines += [f"Example pairs: {FIGURE_NAME}. All pairs: audit.json (`pairs`).", ""]
     return "\n".join(lines)
 
 
-def _print_summary(report: dict, out_dir: Path) -> None:
+def _log_summary(report: dict, out_dir: Path) -> None:
     counts = {split: sum(c.values()) for split, c in report["counts"].items()}
     problems = {key: len(value) for key, value in report["problem_files"].items()}
     exact, near = report["exact_duplicates"], report["near_duplicates"]
-    print(f"audit of {report['root']}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
+    log.info(f"audit of {report['root']}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
           + f" images; non-image {problems['non_image']}, unreadable {problems['unreadable']}, "
           f"truncated {problems['truncated']}")
     for name, found in (("exact duplicates", exact), (f"near duplicates (r >= {CORRELATION_MIN})", near)):
-        print(f"{name}, pairs: within Training {found['Training']['pairs']}, within Testing "
+        log.info(f"{name}, pairs: within Training {found['Training']['pairs']}, within Testing "
               f"{found['Testing']['pairs']}, across splits {found['across']['pairs']} "
               f"({found['across']['files']} files)")
-    print(f"Testing files with a Training twin: {report['testing_files_with_training_twin']} of "
+    log.info(f"Testing files with a Training twin: {report['testing_files_with_training_twin']} of "
           f"{counts.get('Testing', 0)}")
     conflicts = report["label_conflicts"]
-    print(f"label conflicts: {len(conflicts)} pairs"
+    log.info(f"label conflicts: {len(conflicts)} pairs"
           + "".join(f"\n  {p['a']} ({p['class_a']}) = {p['b']} ({p['class_b']})" for p in conflicts[:5])
           + ("\n  ..." if len(conflicts) > 5 else ""))
-    print("shift Training->Testing (Wasserstein / std): "
+    log.info("shift Training->Testing (Wasserstein / std): "
           + ", ".join(f"{r['class']} {r['score']} ({r['top_feature']})" for r in report["shift"][:4]))
     for split, found in report["filename_prefixes"].items():
         away = [f"'{r['prefix'] or '(none)'}' -> {r['class']}" for r in found["prefixes"] if r["gives_away"]]
-        print(f"file-name prefixes in {split}: {', '.join(away) or 'none give the class away'} "
+        log.info(f"file-name prefixes in {split}: {', '.join(away) or 'none give the class away'} "
               f"(prefix rule {found['rule_accuracy']:.0%} vs baseline {found['majority_baseline']:.0%})")
-    print(f"wrote {out_dir} ({report['seconds']} s)")
+    log.info(f"wrote {out_dir} ({report['seconds']} s)")
 
 
 def _check_root(root: Path) -> None:
@@ -359,18 +338,12 @@ def run_audit(root: Path, out_dir: Path | None = None) -> dict:
         **_duplicates(images, sigs, root),
         "filename_prefixes": _prefixes(images),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    try:
-        tmp.mkdir()
+    if out_dir.is_dir():  # empty, as checked above
+        out_dir.rmdir()
+    with staged_dir(out_dir) as tmp:
         _plot_pairs(report, root, tmp / FIGURE_NAME)
         report["seconds"] = round(time.perf_counter() - started, 1)
-        (tmp / "audit.md").write_text(_markdown(report))
-        (tmp / "audit.json").write_text(json.dumps(report, indent=2))
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _print_summary(report, out_dir)
+        write_text(tmp / "audit.md", _markdown(report))
+        write_json(tmp / "audit.json", report)
+    _log_summary(report, out_dir)
     return report

@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from braintumor.core.config import Config, DataConfig
+from braintumor.core.config import SYNTHETIC_ROOT, Config, DataConfig
 from braintumor.core.errors import UserError
+from braintumor.core.logs import get_logger
 from braintumor.data.decode import decode_files
 from braintumor.data.files import subfolders, walk
 from braintumor.data.synth import make_dataset
 from braintumor.data.twins import find_test_twins
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -124,7 +127,8 @@ def load_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[Spl
     bad = {s["file"] for s in skipped}
     keep = np.array([i for i, f in enumerate(files) if f not in bad], dtype=int)
     if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable image(s) in {split_dir}, e.g. {skipped[0]['file']}")
+        log.warning(f"skipped {len(skipped)} unreadable image(s) in {split_dir}, e.g. {skipped[0]['file']} "
+                    f"({skipped[0]['reason']}); all are listed in data.json")
     split = Split([files[i] for i in keep], np.asarray(labels, np.int32)[keep], images)
     return split, on_disk, skipped, ignored
 
@@ -132,10 +136,19 @@ def load_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[Spl
 # ---------------------------------------------------------------- the whole data set
 
 def find_classes(cfg: DataConfig) -> list[str]:
-    """The class names (writing the synthetic data set first where the config asks for it)."""
-    if cfg.make_synthetic_if_missing and not Path(cfg.root).expanduser().exists():
-        print(f"data root {cfg.root} is absent: writing the synthetic quickstart data set there")
-        make_dataset(Path(cfg.root).expanduser())
+    """The class names (writing the synthetic data set first where the config asks for it).
+
+    Data is never invented at a path the user typed: make_synthetic_if_missing acts only at the
+    quickstart's own folder SYNTHETIC_ROOT, so a mistyped data.root stays an error.
+    """
+    root = Path(cfg.root).expanduser()
+    if cfg.make_synthetic_if_missing and not root.exists():
+        if Path(cfg.root) != Path(SYNTHETIC_ROOT):
+            raise UserError(f"data root {root} not found (data.make_synthetic_if_missing writes synthetic data only "
+                            f"at {SYNTHETIC_ROOT}, never elsewhere); fix data.root, or create a synthetic set there "
+                            f"with `braintumor data synth {root}`")
+        log.info(f"data root {cfg.root} is absent: writing the synthetic quickstart data set there")
+        make_dataset(root)
     return discover_classes(cfg)
 
 
@@ -166,5 +179,5 @@ def _drop_test_twins(root: Path, train: Split, test: Split, cfg: DataConfig) -> 
                             cache_dir=Path(cfg.cache_dir).expanduser())
     twin_files = {p.relative_to(root).as_posix() for paths in twins.values() for p in paths}
     keep = np.array([i for i, f in enumerate(train.files) if f not in twin_files], dtype=int)
-    print(f"exclude_test_twins: dropped {len(train.files) - len(keep)} Training image(s) with a twin in Testing")
+    log.info(f"exclude_test_twins: dropped {len(train.files) - len(keep)} Training image(s) with a twin in Testing")
     return train.subset(keep), sorted(twin_files)

@@ -4,22 +4,30 @@ and an on-disk cache of decoded splits. The same function serves training, evalu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from braintumor.core.atomic import atomic_output, write_json
 from braintumor.core.config import DataConfig
-from braintumor.core.errors import UserError
+from braintumor.core.errors import UserError, describe
+from braintumor.core.logs import get_logger
 
-DECODE_VERSION = 1  # bump when decoding or preprocessing changes, to invalidate caches
+log = get_logger(__name__)
+DECODE_VERSION = 2  # bump when decoding or preprocessing changes, to invalidate caches (2: 16-bit scaling)
+# what a damaged, hostile or unsupported image file raises while it is opened or decoded
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def brain_mask(gray: np.ndarray) -> np.ndarray:
@@ -57,11 +65,33 @@ def _standardize(rgb: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+@contextlib.contextmanager
+def open_image(source: Path | IO[bytes]) -> Iterator[Image.Image]:
+    """PIL's Image.open, with images above PIL's pixel limit refused (DecompressionBombWarning raised,
+    not just printed) so a decompression bomb is skipped like any unreadable file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source) as image:
+            yield image
+
+
+def to_8bit(image: Image.Image, mode: str) -> Image.Image:
+    """`image.convert(mode)` ("RGB" or "L"), with 16-bit and 32-bit gray images scaled into 0-255 by their
+    own maximum (PIL would clip them, saturating almost every pixel of a 16-bit scan)."""
+    if image.mode.startswith(("I", "F")):
+        values = np.asarray(image, dtype=np.float64)
+        values = values - min(float(values.min()), 0.0)
+        peak = float(values.max())
+        gray = np.round(values * (255.0 / peak)) if peak > 0 else np.zeros_like(values)
+        image = Image.fromarray(gray.astype(np.uint8))
+    return image.convert(mode)
+
+
 def decode_image(path: Path, size: int, preprocess: list[str]) -> np.ndarray:
     """One file → (size, size, 3) uint8 RGB; the same function serves training, evaluation, prediction."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         image.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at reduced scale, much faster
-        rgb = np.asarray(image.convert("RGB"))
+        rgb = np.asarray(to_8bit(image, "RGB"))
     if "brain_crop" in preprocess:
         rgb = _brain_crop(rgb)
     rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
@@ -74,44 +104,78 @@ def _cache_key(root: Path, files: list[str], size: int, preprocess: list[str]) -
     digest = hashlib.sha256(json.dumps([DECODE_VERSION, size, preprocess]).encode())
     for relative in files:
         stat = (root / relative).stat()
-        digest.update(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        # fsencode: a file name that is not valid UTF-8 arrives as surrogate escapes and goes back to its bytes
+        digest.update(os.fsencode(relative) + f"\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+_unwritable_warned: set[Path] = set()
+
+
+def warn_cache_unwritable(where: Path, err: BaseException) -> None:
+    """A read-only or full cache folder only costs speed: say so once per folder and go on."""
+    if where not in _unwritable_warned:
+        _unwritable_warned.add(where)
+        log.warning(f"cannot write the cache in {where} ({describe(err)}); continuing without caching, "
+                    "so later runs decode again (set data.cache_dir to a writable folder)")
+
+
+def _read_cache(cache: Path) -> tuple[np.ndarray, list[dict]] | None:
+    """The cached images if the folder is whole and images.npy still has the checksum it was written with.
+
+    Anything else (truncated, zeroed, garbage, short, a missing file) is reported, deleted and rebuilt.
+    """
+    if not cache.exists():
+        return None
+    try:
+        index = json.loads((cache / "index.json").read_text())
+        images_file = cache / "images.npy"
+        if file_sha256(images_file) != index["sha256"]:
+            raise ValueError("images.npy does not match its checksum")
+        images = np.load(images_file, mmap_mode="r", allow_pickle=False)
+        if list(images.shape) != index["shape"] or images.dtype != np.uint8:
+            raise ValueError(f"images.npy holds {images.shape} {images.dtype}, expected {index['shape']} uint8")
+        return images, index["skipped"]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        log.warning(f"image cache {cache} is damaged ({describe(err)}); deleting it and decoding again")
+        shutil.rmtree(cache, ignore_errors=True)
+        return None
+
+
 def decode_files(root: Path, files: list[str], cfg: DataConfig, desc: str) -> tuple[np.ndarray, list[dict]]:
-    """Decode (or read from cache) the images; returns the array and the skipped files.
+    """Decode (or read from the verified cache) the images; returns the array and the skipped files.
 
     Unreadable files are dropped from the array in order, and listed with the reason.
     """
     cache = Path(cfg.cache_dir).expanduser() / f"decoded-{_cache_key(root, files, cfg.image_size, cfg.preprocess)}"
-    if (cache / "images.npy").is_file():
-        skipped = json.loads((cache / "skipped.json").read_text())
-        return np.load(cache / "images.npy", mmap_mode="r"), skipped
+    cached = _read_cache(cache)
+    if cached is not None:
+        return cached
     images, skipped = [], []
     for relative in tqdm(files, desc=f"decoding {desc}", unit="img", leave=False):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                images.append(decode_image(root / relative, cfg.image_size, cfg.preprocess))
-        except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombWarning) as err:
+            images.append(decode_image(root / relative, cfg.image_size, cfg.preprocess))
+        except UNREADABLE as err:
             if cfg.strict:
-                raise UserError(f"cannot read image {root / relative} ({err}); remove or replace it, "
+                raise UserError(f"cannot read image {root / relative} ({describe(err)}); remove or replace it, "
                                 "or set data.strict: false to skip unreadable images") from err
-            skipped.append({"file": relative, "reason": str(err) or type(err).__name__})
+            skipped.append({"file": relative, "reason": f"{type(err).__name__}: {describe(err)}"})
     array = np.stack(images) if images else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
     _write_cache(cache, array, skipped)
     return array, skipped
 
 
 def _write_cache(cache: Path, images: np.ndarray, skipped: list[dict]) -> None:
-    tmp = cache.with_name(f"{cache.name}.partial-{os.getpid()}")
     try:
-        tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "images.npy", images)
-        (tmp / "skipped.json").write_text(json.dumps(skipped))
-        tmp.rename(cache)
-    except OSError as err:  # a read-only or full cache folder only costs speed
-        warnings.warn(f"could not write the image cache {cache} ({err}); the next run decodes again",
-                      stacklevel=2)
-        shutil.rmtree(tmp, ignore_errors=True)
-
+        with atomic_output(cache, folder=True) as tmp:
+            np.save(tmp / "images.npy", images)
+            write_json(tmp / "index.json", {"sha256": file_sha256(tmp / "images.npy"),
+                                            "shape": list(images.shape), "skipped": skipped})
+    except OSError as err:
+        if not cache.is_dir():  # else another process wrote the same cache first, which is fine
+            warn_cache_unwritable(cache.parent, err)

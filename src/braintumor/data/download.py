@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import shutil
 import stat
 import urllib.request
@@ -20,8 +19,12 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from braintumor.core.atomic import atomic_output, write_text
 from braintumor.core.errors import UserError
+from braintumor.core.logs import get_logger
 from braintumor.data.files import SPLITS, scan_tree
+
+log = get_logger(__name__)
 
 DATASET_URL = ("https://github.com/SartajBhuvaji/Brain-Tumor-Classification-DataSet/"
                "archive/refs/heads/master.zip")
@@ -36,6 +39,12 @@ DATASET_EXPECTED = {
 }
 MARKER = ".verified"
 CHUNK = 1 << 20
+# Limits checked from the zip's directory before anything is written (the published archive: about
+# 160 MB unpacked, JPEGs that barely compress). zipfile never writes more than an entry's declared
+# size, so a directory that lies about sizes cannot get past them either.
+MAX_UNPACKED_BYTES = 4 << 30
+MAX_RATIO = 100  # unpacked / packed, per entry and in total: a zip bomb reaches thousands
+FREE_SPACE_MARGIN = 256 << 20
 
 
 def count_images(root: Path) -> dict[str, dict[str, int]]:
@@ -83,13 +92,55 @@ def _check_entry(info: zipfile.ZipInfo, dest: Path) -> None:
                         "refusing to extract it (use the data set's original archive)")
 
 
-def _extract(archive: Path, dest: Path) -> None:
+def _check_sizes(archive: Path, entries: list[zipfile.ZipInfo], dest: Path, max_bytes: int, max_ratio: float) -> None:
+    fix = "refusing to extract it (use the data set's original archive)"
+    unpacked = sum(info.file_size for info in entries)
+    if unpacked > max_bytes:
+        raise UserError(f"{archive} would unpack to {unpacked / 2**20:.0f} MiB, more than the limit of "
+                        f"{max_bytes / 2**20:.0f} MiB; {fix}")
+    totals = [(str(archive), unpacked, sum(info.compress_size for info in entries))]
+    for name, size, packed in totals + [(info.filename, info.file_size, info.compress_size) for info in entries]:
+        if size > CHUNK and size > max_ratio * max(packed, 1):  # small files may compress well
+            raise UserError(f"{name} unpacks to {size / max(packed, 1):.0f} times its packed size "
+                            f"(limit {max_ratio:g}), like a zip bomb; {fix}")
+    free = shutil.disk_usage(dest).free
+    if free < unpacked + FREE_SPACE_MARGIN:
+        raise UserError(f"not enough free space in {dest}: unpacking needs {unpacked / 2**20:.0f} MiB plus "
+                        f"{FREE_SPACE_MARGIN >> 20} MiB, {free / 2**20:.0f} MiB are free; "
+                        "free some space or choose another --dest")
+
+
+def _check_clashes(entries: list[zipfile.ZipInfo]) -> None:
+    """A name that is both a file and a folder (or a file twice) would overwrite or fail half-way."""
+    files: set[str] = set()
+    folders: set[str] = set()
+    for info in entries:
+        name = info.filename.replace("\\", "/").rstrip("/")
+        parts = PurePosixPath(name).parts
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if info.is_dir():
+            folders.add(name)
+        elif name in files:
+            raise UserError(f"archive entry {name!r} appears twice; refusing to extract an ambiguous archive "
+                            "(use the data set's original archive)")
+        else:
+            files.add(name)
+    clash = sorted(files & folders)
+    if clash:
+        raise UserError(f"archive entry {clash[0]!r} is both a file and a folder; refusing to extract it "
+                        "(use the data set's original archive)")
+
+
+def _extract(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES, max_ratio: float = MAX_RATIO) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             entries = zf.infolist()
             for info in entries:
                 _check_entry(info, dest)
-            for info in tqdm(entries, desc="extract", unit="file"):
+            _check_clashes(entries)
+            dest.mkdir(parents=True, exist_ok=True)
+            _check_sizes(archive, entries, dest, max_bytes, max_ratio)
+            for info in tqdm(entries, desc="extract", unit="file", leave=False):
                 zf.extract(info, dest)
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise UserError(f"{archive} is truncated or not a valid zip ({err}); download it again") from err
@@ -116,38 +167,31 @@ def _verify(root: Path, expected: dict) -> None:
 
 
 def download(dest: Path, archive: Path | None = None, url: str | None = None, *,
-             expected: dict | None = None) -> Path:
+             expected: dict | None = None, max_bytes: int = MAX_UNPACKED_BYTES, max_ratio: float = MAX_RATIO) -> Path:
     """Put a verified copy of the data set at DEST (Training/ and Testing/) and return DEST.
 
     ``archive`` is a local zip used instead of downloading ``url`` (default: DATASET_URL).
     ``expected`` ({"counts": ..., "manifest": ...}) replaces DATASET_EXPECTED, e.g. for a
-    synthetic archive in tests.
+    synthetic archive in tests; ``max_bytes`` and ``max_ratio`` bound what the zip may unpack to.
     """
     dest, expected = Path(dest), expected or DATASET_EXPECTED
     if _is_verified(dest, expected):
-        print(f"{dest} is already there and verified; nothing to do")
+        log.info(f"{dest} is already there and verified; nothing to do")
         return dest
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"{dest} exists but is not a verified copy of the data set; remove it or choose another --dest")
     if archive is not None and not Path(archive).is_file():
         raise UserError(f"archive {archive} not found; pass the path of a downloaded zip")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}")  # a sibling, so the final rename is atomic
-    try:
-        tmp.mkdir()
-        source = Path(archive) if archive is not None else _fetch(url or DATASET_URL, tmp / "archive.zip")
-        _extract(source, tmp / "extracted")
-        data_root = _find_data_root(tmp / "extracted")
+    with atomic_output(dest, folder=True) as tmp:  # a sibling of dest, so the final rename is atomic
+        work = tmp / ".work"
+        work.mkdir()
+        source = Path(archive) if archive is not None else _fetch(url or DATASET_URL, work / "archive.zip")
+        _extract(source, work / "extracted", max_bytes, max_ratio)
+        data_root = _find_data_root(work / "extracted")
         _verify(data_root, expected)
-        final = tmp / "data"
-        final.mkdir()
         for split in SPLITS:
-            (data_root / split).rename(final / split)
-        (final / MARKER).write_text(expected["manifest"] + "\n")
-        if dest.exists():
-            dest.rmdir()
-        final.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"data set verified and written to {dest}")
+            (data_root / split).rename(tmp / split)
+        write_text(tmp / MARKER, expected["manifest"] + "\n")
+        shutil.rmtree(work)
+    log.info(f"data set verified and written to {dest}")
     return dest

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from braintumor.core.atomic import atomic_output
 from braintumor.core.errors import UserError
 
 CLASSES = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
@@ -67,16 +68,13 @@ def make_dataset(
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise UserError(f"{dest} exists and is not empty; choose an empty or new destination")
-    tmp = dest.with_name(dest.name + ".partial")
-    for split, per_class, split_seed in (("Training", train_per_class, seed), ("Testing", test_per_class, seed + 1)):
-        for class_index, label in enumerate(CLASSES):
-            folder = tmp / split / label
-            folder.mkdir(parents=True, exist_ok=True)
-            rng = np.random.default_rng([split_seed, class_index])
-            for i in range(per_class):
-                Image.fromarray(make_image(label, rng, size)).save(folder / f"synth_{i:04d}.jpg", quality=92)
-    if dest.exists():
-        dest.rmdir()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(dest)
+    with atomic_output(dest, folder=True) as tmp:  # replaces an empty dest; nothing half-written on failure
+        splits = (("Training", train_per_class, seed), ("Testing", test_per_class, seed + 1))
+        for split, per_class, split_seed in splits:
+            for class_index, label in enumerate(CLASSES):
+                folder = tmp / split / label
+                folder.mkdir(parents=True)
+                rng = np.random.default_rng([split_seed, class_index])
+                for i in range(per_class):
+                    Image.fromarray(make_image(label, rng, size)).save(folder / f"synth_{i:04d}.jpg", quality=92)
     return dest

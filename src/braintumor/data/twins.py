@@ -5,9 +5,9 @@ leak-free metrics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
-import os
 import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,6 +18,13 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 from tqdm import tqdm
+
+from braintumor.core.atomic import atomic_output
+from braintumor.core.errors import describe
+from braintumor.core.logs import get_logger
+from braintumor.data.decode import UNREADABLE, open_image, to_8bit, warn_cache_unwritable
+
+log = get_logger(__name__)
 
 DECODE_SIZE = 128  # JPEG draft decoding to >= 128 px: fast, and plenty for statistics and thumbnails
 
@@ -79,13 +86,13 @@ def _signature(path: Path) -> tuple:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             size, mode = image.size, image.mode
             image.draft("L", (DECODE_SIZE, DECODE_SIZE))
-            gray = np.asarray(image.convert("L"), dtype=np.float32)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            gray = np.asarray(to_8bit(image, "L"), dtype=np.float32)
+    except UNREADABLE as err:
         return (digest, (0, 0), "", np.zeros(3, np.float32), np.zeros(64, bool),
-                np.zeros((THUMB_SIZE, THUMB_SIZE), np.uint8), f"{type(err).__name__}: {err}")
+                np.zeros((THUMB_SIZE, THUMB_SIZE), np.uint8), f"{type(err).__name__}: {describe(err)}")
     stats = np.array([gray.mean(), gray.std(), (gray < DARK_LEVEL).mean()], np.float32)
     thumb = _brain_thumbnail(gray)
     return digest, size, mode, stats, _perceptual_hash(thumb), thumb, ""
@@ -96,24 +103,42 @@ def _cache_key(path: Path) -> str:
     return f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}"
 
 
+def _checksum(columns: dict[str, np.ndarray]) -> str:
+    """Content hash of the cached arrays (names, dtypes, shapes, bytes), stored with them and checked on load."""
+    digest = hashlib.sha256()
+    for name in sorted(columns):
+        array = np.ascontiguousarray(columns[name])
+        digest.update(f"{name}\t{array.dtype.str}\t{array.shape}\n".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def _load_cache(cache_file: Path | None) -> dict[str, tuple]:
+    """Cached rows by key; a damaged file (truncated, zeroed, garbage, edited) is reported, deleted and rebuilt."""
     if cache_file is None or not cache_file.is_file():
         return {}
     try:
         with np.load(cache_file, allow_pickle=False) as saved:
-            columns = [saved[name] for name in FIELDS]
-            return dict(zip(saved["keys"].tolist(), zip(*columns, strict=True), strict=True))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return {}  # a damaged cache only costs a re-decode
+            columns = {name: saved[name] for name in ("keys", *FIELDS)}
+            if str(saved["checksum"]) != _checksum(columns):
+                raise ValueError("content does not match its checksum")
+        return dict(zip(columns["keys"].tolist(), zip(*(columns[n] for n in FIELDS), strict=True), strict=True))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        log.warning(f"signature cache {cache_file} is damaged ({describe(err)}); "
+                    "deleting it and reading the images again")
+        with contextlib.suppress(OSError):  # a read-only folder: the rebuilt rows just are not saved
+            cache_file.unlink(missing_ok=True)
+        return {}
 
 
 def _save_cache(cache_file: Path, rows: dict[str, tuple]) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f"{cache_file.name}.partial-{os.getpid()}")
-    columns = {name: np.array([row[i] for row in rows.values()]) for i, name in enumerate(FIELDS)}
-    with open(tmp, "wb") as fh:
-        np.savez(fh, keys=np.array(list(rows)), **columns)
-    tmp.replace(cache_file)
+    columns = {"keys": np.array(list(rows)),
+               **{name: np.array([row[i] for row in rows.values()]) for i, name in enumerate(FIELDS)}}
+    try:
+        with atomic_output(cache_file) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, checksum=np.array(_checksum(columns)), **columns)
+    except OSError as err:  # a read-only or full cache folder only costs speed
+        warn_cache_unwritable(cache_file.parent, err)
 
 
 def compute_signatures(files: Sequence[Path], cache_dir: Path | None = None) -> Signatures:
@@ -129,7 +154,7 @@ def compute_signatures(files: Sequence[Path], cache_dir: Path | None = None) -> 
     rows = _load_cache(cache_file)
     keys = [_cache_key(f) for f in files]
     missing = [i for i, key in enumerate(keys) if key not in rows]
-    for i in tqdm(missing, desc="reading images", unit="img", disable=not missing):
+    for i in tqdm(missing, desc="reading images", unit="img", disable=not missing, leave=False):
         rows[keys[i]] = _signature(files[i])
     if cache_file is not None and missing:
         _save_cache(cache_file, rows)

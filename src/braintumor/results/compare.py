@@ -16,12 +16,16 @@ import numpy as np
 import yaml
 
 from braintumor.core.errors import UserError
+from braintumor.core.logs import get_logger
 from braintumor.core.rundir import read_json, staged_dir, timestamp
+from braintumor.results.cells import md_cell
 from braintumor.results.metrics import LOWER_IS_BETTER, RANKABLE, compute_metrics, mcnemar, metric_value
 from braintumor.results.reports import read_predictions, write_csv
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+
+log = get_logger(__name__)
 
 RESULT_FILES = ("metrics.json", "predictions.csv")
 AVERAGES = ("macro_precision", "macro_recall", "macro_f1",
@@ -77,8 +81,8 @@ def compare_runs(
             write_csv(tmp / f"{name}.csv", columns, ([row[c] for c in columns] for row in rows))
         (tmp / "comparison.md").write_text(report)
         _plot(groups, tmp / "comparison.png")
-    print(_terminal_summary(groups, tables[0], unfinished, metric))
-    print(f"wrote {out_dir}")
+    log.info(_terminal_summary(groups, tables[0], unfinished, metric))
+    log.info(f"wrote {out_dir}")
     return out_dir
 
 
@@ -296,7 +300,7 @@ def _terminal_summary(
 
 def _table(header: Sequence, rows: Sequence[Sequence]) -> str:
     lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
+    return "\n".join("| " + " | ".join(md_cell(cell) for cell in line) + " |" for line in lines)
 
 
 def _cell(value: object) -> str:

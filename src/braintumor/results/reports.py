@@ -11,8 +11,9 @@ import matplotlib
 import numpy as np
 from sklearn.metrics import classification_report
 
+from braintumor.core.atomic import atomic_output, write_json, write_text
 from braintumor.core.errors import UserError
-from braintumor.core.rundir import write_json
+from braintumor.results.cells import csv_escape, csv_unescape
 from braintumor.results.metrics import compute_metrics
 
 matplotlib.use("Agg")
@@ -30,20 +31,27 @@ def write_evaluation(
     probs = np.asarray(probs, dtype=np.float64)
     metrics = {**compute_metrics(y_true, probs, classes, seed=seed), **(extra or {})}
     write_json(out_dir / "metrics.json", metrics)
-    (out_dir / "classification_report.txt").write_text(
-        _classification_report(y_true, probs.argmax(axis=1), classes, metrics))
+    write_text(out_dir / "classification_report.txt",
+               _classification_report(y_true, probs.argmax(axis=1), classes, metrics))
     plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes,
                           out_dir / "confusion_matrix.png")
     write_predictions(out_dir / "predictions.csv", files, y_true, probs, classes)
     return metrics
 
 
+# file names that are not valid UTF-8 arrive as surrogate escapes; this writes (and reads) their own bytes
+ENCODING = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """Write a CSV; Python floats are written as repr, which reads back to the same value."""
-    with path.open("w", newline="") as handle:
+    """Write a CSV atomically; Python floats are written as repr, which reads back to the same value.
+
+    Text cells are escaped against spreadsheet formulas (results.cells); read them with csv_unescape.
+    """
+    with atomic_output(path) as tmp, tmp.open("w", **ENCODING) as handle:
         writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerow([csv_escape(cell) for cell in header])
+        writer.writerows([csv_escape(cell) for cell in row] for row in rows)
 
 
 def write_predictions(
@@ -60,8 +68,8 @@ def write_predictions(
 def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """Inverse of write_predictions: (files, y_true indices, (N, C) probabilities, classes)."""
     try:
-        with path.open(newline="") as handle:
-            header, *rows = list(csv.reader(handle))
+        with path.open(**ENCODING) as handle:
+            header, *rows = [[csv_unescape(cell) for cell in row] for row in csv.reader(handle)]
         classes = [column.removeprefix("p_") for column in header[len(PREDICTION_COLUMNS):]]
         _check(tuple(header[:3]) == PREDICTION_COLUMNS and classes
                and all(c.startswith("p_") for c in header[3:]), "unexpected header")
@@ -95,7 +103,8 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], out_png: P
                yticks=range(len(classes)), xticklabels=classes, yticklabels=classes)
         ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -112,7 +121,8 @@ def plot_curves(history_csv: Path, out_png: Path) -> None:
         ax.set(title=name, xlabel="epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
