@@ -46,9 +46,52 @@ def test_bad_configs_name_the_key(raw, expected):
         parse_config(raw, "test")
 
 
-def test_bad_override_syntax():
-    with pytest.raises(UserError, match="KEY=VALUE"):
-        parse_config({}, "test", ["train.epochs"])
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs", "must look like KEY=VALUE"),
+    ("train..epochs=2", "must look like KEY=VALUE"),
+    ("=2", "must look like KEY=VALUE"),
+    ("train.epochs=[1", "the value is not plain YAML"),
+    ("train.epochs=!!python/object/apply:os.system [true]", "the value is not plain YAML"),
+    ("train.epochs={a: 1", "the value is not plain YAML"),
+    ("train=3", "train must be a mapping"),
+    ("seed.x=1", "seed is not a section"),
+])
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        parse_config({"seed": 1}, "test", [override])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["- a\n- b\n", "just text\n", "42\n"])
+def test_a_config_that_is_not_a_mapping_fails_even_with_overrides(tmp_path, capsys, content):
+    path = tmp_path / "list.yaml"
+    path.write_text(content)
+    assert main(["validate", str(path), "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "must be a mapping of keys" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", ["data.root", "data.cache_dir", "name", "train.optimizer", "data.image_size",
+                                 "augmentation.enabled"])
+def test_yaml_null_is_an_error_where_none_is_not_allowed(key):
+    section, _, leaf = key.rpartition(".")
+    raw = {section: {leaf: None}} if section else {leaf: None}
+    with pytest.raises(UserError, match=re.escape(f"{key}") + ".*(null|not allowed)"):
+        parse_config(raw, "test")
+
+
+def test_yaml_null_means_none_only_where_the_key_accepts_it():
+    cfg = parse_config({"model": {"weights": None, "backbone": "simple_cnn"}, "label": None,
+                        "data": {"classes": None}}, "test")
+    assert cfg.model.weights == "none" and cfg.label is None and cfg.data.classes is None
+    assert parse_config({}, "test", ["model.weights=null", "model.backbone=simple_cnn"]).model.weights == "none"
+
+
+def test_unsafe_yaml_tag_in_a_config_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.yaml"
+    path.write_text("train:\n  epochs: !!python/object/apply:os.system ['touch pwned']\n")
+    assert main(["validate", str(path)]) == 2
+    assert "invalid YAML" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
