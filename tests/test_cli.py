@@ -96,8 +96,8 @@ def test_quickstart_prints_no_tensorflow_line_before_ours(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "braintumor.cli", "train", str(ROOT / "configs/quickstart.yaml"),
          "--set", "train.epochs=1", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, timeout=600)
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:]
     lines = [line for line in re.split(r"[\r\n]", result.stdout) if line.strip()]
     assert lines[0].startswith("data root data/synthetic is absent"), lines[:3]

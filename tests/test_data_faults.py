@@ -19,7 +19,6 @@ from braintumor.core.errors import UserError
 from braintumor.data.dataset import load_dataset
 from braintumor.data.decode import decode_image
 from braintumor.data.files import scan_tree
-from braintumor.data.synth import make_dataset
 from braintumor.data.twins import compute_signatures
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import functools
 import http.server
 import logging
+import os
+import re
+import shutil
 import socket
 import stat
 import threading
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +175,47 @@ def test_expected_constant_matches_real_data() -> None:
 
     assert count_images(REAL_DATA) == DATASET_EXPECTED["counts"]
     assert manifest_hash(REAL_DATA) == DATASET_EXPECTED["manifest"]
+
+
+def _zip_with(path: Path, entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("bomb", "times its packed size (limit 100), like a zip bomb"),
+    ("too-big", "would unpack to 3 MiB, more than the limit of 2 MiB"),
+    ("no-space", "not enough free space"),
+    ("file-and-folder", "'x/Training' is both a file and a folder"),
+    ("twice", "'x/a.jpg' appears twice"),
+])
+def test_hostile_archives_stop_before_writing(synthetic: tuple[Path, Path, dict], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch, case: str, message: str) -> None:
+    _, _, expected = synthetic
+    archive = tmp_path / f"{case}.zip"
+    limits: dict = {"max_bytes": 2 << 20}
+    if case == "bomb":  # 8 MiB of zeros packs to a few KiB
+        _zip_with(archive, {"x/Training/glioma_tumor/a.jpg": bytes(8 << 20)})
+        limits = {}
+    elif case == "too-big":
+        _zip_with(archive, {f"x/Training/glioma_tumor/{i}.jpg": os.urandom(1 << 20) for i in range(3)},
+                  compression=zipfile.ZIP_STORED)
+    elif case == "no-space":  # a disk with 100 MiB free: less than the archive plus the safety margin
+        _zip_with(archive, {"x/Training/glioma_tumor/a.jpg": os.urandom(1 << 20)}, compression=zipfile.ZIP_STORED)
+        usage = shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=100 << 20))
+    elif case == "file-and-folder":
+        _zip_with(archive, {"x/Training": b"a file", "x/Training/glioma_tumor/a.jpg": b"jpg"})
+    else:
+        with zipfile.ZipFile(archive, "w") as zf, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it is told to write
+            zf.writestr("x/a.jpg", b"one")
+            zf.writestr("x/a.jpg", b"two")
+    dest = tmp_path / "out/brain-tumor-mri"
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        download(dest, archive=archive, expected=expected, **limits)
+    assert "\n" not in str(err.value)
+    assert list((tmp_path / "out").iterdir()) == []  # nothing extracted, no temp folder left
+
