@@ -2,6 +2,8 @@
 
 import csv
 import json
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -181,15 +183,16 @@ def test_report_lists_unfinished_runs_and_has_all_sections(study, capsys):
     assert summary_labels == {"VGG16-I", "VGG16-II", "VGG16-III", "resnet", "resnet_other"}
 
 
-def test_terminal_summary_labels_eval_results_and_ranks_by_loss(tmp_path, capsys):
+def test_terminal_summary_labels_eval_results_and_ranks_by_loss(tmp_path, caplog):
     first = make_run(tmp_path, "a-20240101-000000", label="same", seed=1)
     make_run(tmp_path, "b-20240101-000000", label="same", seed=2)
     evaluation = first / "eval" / "Testing-20240102-000000"
     evaluation.mkdir(parents=True)
     write_predictions(evaluation, seed=3)
 
+    caplog.set_level(logging.INFO, logger="braintumor")
     out = compare_runs(tmp_path, metric="loss", out_dir=tmp_path / "plain")
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "ranked by loss" in printed and "same (a-20240101-000000)" in printed
     assert str(out) in printed
     assert len(read_csv(out / "summary.csv")) == 2
@@ -270,3 +273,17 @@ def test_unknown_metric_names_the_allowed_ones(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "--metric", "f2"]) == 2
     assert "unknown metric 'f2'; use one of: accuracy, balanced_accuracy, macro_f1" in (
         capsys.readouterr().err)
+
+
+def test_labels_from_users_cannot_run_as_formulas_or_break_markdown_tables(tmp_path):
+    hostile = "=HYPERLINK(\"http://x\")|pwn"
+    make_run(tmp_path, "a-20240101-000000", label=hostile, seed=1)
+    make_run(tmp_path, "b-20240101-000000", label="-1+1", seed=2)
+    out = compare_runs(tmp_path, out_dir=tmp_path / "cmp")
+    with (out / "summary.csv").open(newline="") as handle:
+        labels = {row["label"] for row in csv.DictReader(handle)}
+    assert labels == {"'" + hostile, "'-1+1"}  # a spreadsheet shows them as text
+    tables = re.findall(r"(?:^\| .*\n)+", (out / "comparison.md").read_text(), flags=re.MULTILINE)
+    assert sum("HYPERLINK" in table for table in tables) >= 2  # the summary and the McNemar table
+    for table in tables:  # every row of a table has as many cells as its header
+        assert len({len(re.split(r"(?<!\\)\|", line)) for line in table.splitlines()}) == 1, table

@@ -1,5 +1,6 @@
 """reports.py: the files of the run-directory contract and reading them back."""
 
+import csv
 import json
 
 import numpy as np
@@ -75,3 +76,19 @@ def test_plot_curves_writes_a_png(tmp_path):
                        "1,1.2,0.4,1.3,0.35\n2,0.9,0.6,1.0,0.55\n")
     plot_curves(history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_hostile_names_are_escaped_in_the_csv_and_read_back_exactly(tmp_path):
+    classes = ["=cmd|' /C calc'!A0", "+sum", "@import", "plain|piped"]
+    files = ["-2+3.jpg", "\tindent.jpg", "'quoted.jpg", "Testing/ok.jpg"]
+    y_true = np.arange(4)
+    probs = np.eye(4) * 0.7 + 0.075
+    write_evaluation(tmp_path, files, y_true, probs, classes)
+    with (tmp_path / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    cells = [cell for row in rows[1:] for cell in row[:3]]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert rows[1][0] == "'-2+3.jpg" and rows[1][1] == "'=cmd|' /C calc'!A0"
+    read_files, read_true, read_probs, read_classes = read_predictions(tmp_path / "predictions.csv")
+    assert read_files == files and read_classes == classes
+    assert (read_true == y_true).all() and np.array_equal(read_probs, probs)
