@@ -89,6 +89,7 @@ def slow_config(write_config):
     return write_config("slow", data={"image_size": 64}, train={"epochs": 6, "early_stopping_patience": 0})
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_completes_the_run(slow_config, tmp_path):
     process = _start(slow_config)
     run_dir = _wait_for_first_epoch(process, tmp_path / "outputs")
@@ -105,6 +106,7 @@ def test_resume_after_sigkill_completes_the_run(slow_config, tmp_path):
     assert main(["train", "--resume", str(run_dir)]) == 2  # a completed run is not resumed again
 
 
+@pytest.mark.slow
 def test_interrupted_run_is_marked_failed(slow_config, tmp_path):
     process = _start(slow_config)
     run_dir = _wait_for_first_epoch(process, tmp_path / "outputs")

@@ -85,8 +85,8 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    if not Path(args.run).is_dir():
-        raise UserError(f"run folder {args.run} not found; pass a folder that `braintumor train` wrote")
+    if not Path(args.run).is_dir():  # answered before TensorFlow loads
+        raise UserError(f"run directory {args.run} not found; pass a folder made by braintumor train")
     _load_engine("evaluate", args.debug).evaluate_run(
         Path(args.run),
         data_root=Path(args.data) if args.data else None,
