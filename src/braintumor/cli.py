@@ -67,9 +67,10 @@ def _train(args: argparse.Namespace) -> None:
         raise UserError("train needs a CONFIG file or --resume RUN_DIR; "
                         "e.g. braintumor train configs/quickstart.yaml")
     from braintumor.core.config import load_config
+
+    cfg = load_config(Path(args.config), args.set)  # a typo answers here, before anything heavy loads
     from braintumor.data.dataset import find_classes
 
-    cfg = load_config(Path(args.config), args.set)
     find_classes(cfg.data)  # a missing data root fails here, before TensorFlow loads
     _load_engine("train", args.debug).run(cfg)
 
