@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -92,3 +93,10 @@ def test_hostile_names_are_escaped_in_the_csv_and_read_back_exactly(tmp_path):
     read_files, read_true, read_probs, read_classes = read_predictions(tmp_path / "predictions.csv")
     assert read_files == files and read_classes == classes
     assert (read_true == y_true).all() and np.array_equal(read_probs, probs)
+
+
+def test_file_names_that_are_not_utf8_round_trip_through_predictions(tmp_path):
+    files = [os.fsdecode(b"Testing/a/scan\xff.jpg"), "Testing/b/ok.jpg", "Testing/c/x.jpg", "Testing/d/y.jpg"]
+    write_evaluation(tmp_path, files, np.arange(4), np.eye(4) * 0.7 + 0.075, CLASSES)
+    assert b"scan\xff.jpg" in (tmp_path / "predictions.csv").read_bytes()  # the file's own bytes
+    assert read_predictions(tmp_path / "predictions.csv")[0] == files
