@@ -141,6 +141,7 @@ def test_refuses_non_empty_out_dir(audited: tuple[Path, dict, Path]) -> None:
         run_audit(root, out_dir=out)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real data set not at ../shared/data/brain-tumor-mri")
 def test_real_data_audit(tmp_path: Path) -> None:
