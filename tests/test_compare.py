@@ -169,7 +169,7 @@ def test_runs_on_different_test_files_are_grouped_and_ranked_apart(study):
 def test_report_lists_unfinished_runs_and_has_all_sections(study, capsys):
     outputs, out = study
     assert sorted(path.name for path in out.iterdir()) == [
-        "comparison.md", "comparison.png", "mcnemar.csv", "per_class.csv", "summary.csv"]
+        "comparison.md", "comparison.png", "configurations.csv", "mcnemar.csv", "per_class.csv", "summary.csv"]
     report = (out / "comparison.md").read_text()
     for heading in ("## Summary", "## McNemar", "### vgg16", "### resnet50", "## Incomplete"):
         assert heading in report

@@ -53,8 +53,39 @@ def _compare(args: argparse.Namespace) -> None:
 
     compare.compare_runs(
         Path(args.outputs), metric=args.metric, out_dir=Path(args.out) if args.out else None,
-        include_eval=args.include_eval,
+        include_eval=args.include_eval, study=args.study,
     )
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from braintumor.apps import sweep
+    from braintumor.core.logs import setup_console
+
+    setup_console(args.debug)
+    if args.status:
+        sweep.status(Path(args.status))
+        return
+    if args.task:
+        sweep.run_task(Path(args.task[0]), int(args.task[1]))
+        return
+    if args.resume:
+        sweep_dir = Path(args.resume).resolve()
+        sweep.read_manifest(sweep_dir)
+    elif args.configs:
+        sweep_dir = sweep.create_sweep([Path(c) for c in args.configs], args.seeds, args.set, args.name)
+    else:
+        raise UserError("sweep needs CONFIG files, --resume SWEEP_DIR or --status SWEEP_DIR; "
+                        "e.g. braintumor sweep configs/quickstart.yaml --seeds 0,1,2")
+    if args.launcher == "slurm":
+        options = sweep.SlurmOptions(jobs=args.jobs or 4, partition=args.partition, time=args.time,
+                                     cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                                     account=args.account)
+        sweep.run_slurm(sweep_dir, options, dry_run=args.dry_run, wait=args.wait)
+    elif args.dry_run:
+        sweep.status(sweep_dir)
+        print(f"dry run: planned {sweep_dir}; run it with braintumor sweep --resume {sweep_dir}")
+    else:
+        sweep.run_local(sweep_dir, jobs=args.jobs or 1)
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -108,12 +139,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report metrics on the test images that have no twin in Training")
     p.set_defaults(func=_evaluate)
 
-    p = add_command("compare", help="side-by-side tables of all runs under a folder")
+    p = add_command("compare", help="side-by-side tables of all runs under a folder (a sweep folder too)")
     p.add_argument("outputs", metavar="OUTPUTS_DIR")
-    p.add_argument("--metric", default="accuracy", help="rank runs by this metric (default: accuracy)")
+    p.add_argument("--metric", default="accuracy",
+                   help="rank runs by this metric (default: accuracy; leak_free: leak-free accuracy)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: OUTPUTS_DIR/comparison-<time>)")
     p.add_argument("--include-eval", action="store_true", help="also compare results under RUN_DIR/eval/")
+    p.add_argument("--study", action="store_true",
+                   help="print the study's published figures beside ours (runs labelled VGG16-I ... InceptionV3-III)")
     p.set_defaults(func=_compare)
+
+    p = add_command("sweep", help="train configs × seeds (× --set values) here or as a SLURM job array",
+                    description="Each run is an ordinary `braintumor train` run in outputs/sweep-NAME-TIME/, "
+                                "listed in its manifest.json. Running a sweep again (--resume) does only what "
+                                "is not completed.")
+    p.add_argument("configs", nargs="*", metavar="CONFIG",
+                   help="experiment configs, or a listing such as configs/study.yaml")
+    p.add_argument("--seeds", metavar="S,S,...", help="one run per seed, e.g. 0,1,2 (default: each config's seed)")
+    p.add_argument("--set", **{**overrides, "help": "override for every run; a comma list (train.optimizer="
+                                                     "adam,rmsprop) adds one run per value (repeatable)"})
+    p.add_argument("--name", help="sweep name in the folder name (default: the config's file name)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="runs at a time: local processes (default 1) or SLURM array throttle %%K (default 4)")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    p.add_argument("--dry-run", action="store_true", help="write the plan (and the sbatch script) without running")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="run or submit what is not completed in an existing sweep")
+    p.add_argument("--status", metavar="SWEEP_DIR", help="show planned / running / completed / failed per run")
+    slurm = p.add_argument_group("SLURM (with --launcher slurm)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--time", metavar="HH:MM:SS", help="time limit per task")
+    slurm.add_argument("--cpus-per-task", type=int, default=2, metavar="C")
+    slurm.add_argument("--gpus-per-task", type=int, metavar="G")
+    slurm.add_argument("--account")
+    slurm.add_argument("--wait", action="store_true", help="block until the job array has finished")
+    p.add_argument("--task", nargs=2, metavar=("SWEEP_DIR", "INDEX"), help=argparse.SUPPRESS)  # one array task
+    p.set_defaults(func=_sweep)
 
     data = add_command("data", help="data set tools").add_subparsers(dest="data_command", required=True)
     add_data_command = functools.partial(data.add_parser, parents=[debug])
