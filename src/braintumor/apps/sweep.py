@@ -372,16 +372,19 @@ def status(sweep_dir: Path) -> dict[str, int]:
     queued = _queued_tasks(sweep_dir)
     counts: dict[str, int] = {}
     rows = []
+    shared = set.intersection(*(set(run.overrides) for run in runs))  # shown once, not on every line
     for run in runs:
         state, folder = run_state(sweep_dir, run)
         if state == "planned" and run.index in queued:
             state = "queued"
         counts[state] = counts.get(state, 0) + 1
-        rows.append((run.id, str(run.seed), " ".join(run.overrides) or "-", state,
+        rows.append((run.id, str(run.seed), " ".join(o for o in run.overrides if o not in shared) or "-", state,
                      folder.name if folder else "-"))
     widths = [max(len(row[i]) for row in [("run", "seed", "overrides", "state", "folder"), *rows])
               for i in range(5)]
     for row in [("run", "seed", "overrides", "state", "folder"), *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    if shared:
+        print("every run: --set " + " --set ".join(sorted(shared)))
     print(", ".join(f"{count} {state}" for state, count in sorted(counts.items())) + f" (of {len(runs)})")
     return counts

@@ -69,7 +69,9 @@ def _strategy(setting: str, devices: tuple[str, ...] | None) -> tf.distribute.St
 
 def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
     """The devices a strategy trains on, for env.json."""
-    return list(strategy.extended.worker_devices)
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return list(strategy.extended.worker_devices)
+    return ["/device:GPU:0" if tf.config.list_physical_devices("GPU") else "/device:CPU:0"]  # TF's default placement
 
 
 def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
