@@ -69,6 +69,9 @@ def _sweep(args: argparse.Namespace) -> None:
         sweep.run_task(Path(args.task[0]), int(args.task[1]))
         return
     if args.resume:
+        if args.configs or args.seeds or args.set:
+            raise UserError("--resume continues the plan in the sweep's manifest.json; drop CONFIG, --seeds and "
+                            "--set, or start a new sweep")
         sweep_dir = Path(args.resume).resolve()
         sweep.read_manifest(sweep_dir)
     elif args.configs:
