@@ -14,8 +14,8 @@ start() {
     for tool in munged slurmctld slurmd sinfo; do
         command -v "$tool" >/dev/null || { echo "slurm_local: $tool not found; apt-get install -y slurm-wlm munge" >&2; exit 1; }
     done
-    if sinfo -h -n "$NODE" -o %T 2>/dev/null | grep -qx idle; then
-        echo "slurm_local: node $NODE already idle"; return
+    if sinfo -h -n "$NODE" -o %T 2>/dev/null | grep -qxE 'idle|mixed|allocated|completing'; then
+        echo "slurm_local: node $NODE already up"; return
     fi
     mkdir -p "$STATE"/{spool,state,log} /etc/munge /run/munge /var/log/munge /var/lib/munge "$CONF_DIR"
     if [ ! -s /etc/munge/munge.key ]; then

@@ -62,6 +62,8 @@ def _sweep(args: argparse.Namespace) -> None:
     from braintumor.core.logs import setup_console
 
     setup_console(args.debug)
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs} must be at least 1")
     if args.status:
         sweep.status(Path(args.status))
         return

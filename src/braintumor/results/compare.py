@@ -362,9 +362,9 @@ def _markdown(
               + (" Rows marked *study* hold the published figures (shipped with the package) of the experiment "
                  "with the same label." if study else ""), ""]
     for backbone in dict.fromkeys(configuration.backbone for configuration in configurations):
-        lines += [f"### {backbone}", "", _study_layout(  # sorted by label: experiments I, II, III in order
-            sorted((c for c in configurations if c.backbone == backbone), key=lambda c: (c.label, c.group)),
-            len(groups) > 1, study), ""]
+        # sorted by label: experiments I, II, III in order
+        members = sorted((c for c in configurations if c.backbone == backbone), key=lambda c: (c.label, c.group))
+        lines += [f"### {backbone}", "", _study_layout(members, len({c.group for c in members}) > 1, study), ""]
     lines += ["Per-run per-class figures: per_class.csv.", ""]
     if unfinished:
         columns = ("folder", "label", "state", "missing")
