@@ -27,7 +27,7 @@ from braintumor.engine.train import run
 base, results = Path(sys.argv[1]), {}
 for distribution in ("none", "mirrored"):
     overrides = [f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", f"output.dir={base / 'out'}",
-                 "train.precision=float32", "train.epochs=8", f"train.distribution={distribution}"]
+                 f"train.distribution={distribution}"]
     if distribution == "mirrored":
         overrides.append("train.devices=[/cpu:0,/cpu:1]")
     run_dir = run(load_config(Path(sys.argv[2]), overrides))

@@ -164,7 +164,7 @@ def test_slurm_job_array_trains_every_run_and_a_killed_task_is_completed_by_resu
         slurm, tmp_path, capsys):
     started = time.monotonic()
     config = REPO / "configs" / "quickstart.yaml"
-    tiny = ["data.root=" + str(tmp_path / "synthetic"), "data.image_size=32", "train.epochs=150",
+    tiny = ["data.root=" + str(tmp_path / "synthetic"), "data.image_size=32", "train.epochs=40",
             "train.early_stopping_patience=0", "data.cache_dir=" + str(tmp_path / "cache"),
             "output.dir=" + str(tmp_path / "outputs"), "train.precision=float32"]
     subprocess.run([sys.executable, "-m", "braintumor.cli", "data", "synth", str(tmp_path / "synthetic"),
