@@ -131,8 +131,8 @@ def _classification_report(
             f"accuracy 95% CI       [{low:.4f}, {high:.4f}] "
             f"(bootstrap, {ci['resamples']} resamples, seed {ci['seed']})\n"
             + "".join(_subset_report(title, metrics[key], classes) for key, title in (
-                ("tta", "With horizontal-flip test-time augmentation (mean of the image and its mirror)"),
-                ("leak_free", "Leak-free subset: the test images without an exact or near duplicate in Training"),
+                ("tta", "With horizontal-flip test-time augmentation, the mean of each image and its mirror"),
+                ("leak_free", "Leak-free subset, the test images without an exact or near duplicate in Training"),
             ) if key in metrics))
 
 
