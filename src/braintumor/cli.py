@@ -68,6 +68,8 @@ def _sweep(args: argparse.Namespace) -> None:
         sweep.status(Path(args.status))
         return
     if args.task:
+        if not args.task[1].isdigit():
+            raise UserError(f"--task INDEX must be a run number, got {args.task[1]!r}")
         sweep.run_task(Path(args.task[0]), int(args.task[1]))
         return
     if args.resume:

@@ -325,14 +325,16 @@ def run_slurm(sweep_dir: Path, options: SlurmOptions, dry_run: bool, wait: bool)
     if shutil.which("sbatch") is None:
         raise UserError(f"sbatch not found; run this on a SLURM login node, or submit {script} there")
     log.info(f"submitting {len(todo)} of {len(runs)} runs as one job array, at most {options.jobs} at a time")
-    result = subprocess.run(command, capture_output=True, text=True)
-    job_id = result.stdout.strip().split(";")[0]
-    if job_id:  # with --wait, sbatch prints the id at submission and exits when the array ends
+    submitting = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_id = submitting.stdout.readline().strip().split(";")[0]  # printed at submission, also with --wait
+    if job_id:  # recorded before waiting, so --status and a later --resume know what is queued
         submissions = rundir.read_json(sweep_dir / SUBMISSIONS) if (sweep_dir / SUBMISSIONS).is_file() else []
         rundir.write_json(sweep_dir / SUBMISSIONS, [*submissions, {"job_id": job_id, "tasks": todo,
                                                                    "submitted": rundir.timestamp()}])
-    if not job_id or (result.returncode and not wait):
-        raise UserError(f"sbatch failed: {' '.join(result.stderr.split()) or result.returncode}; "
+        log.info(f"job array {job_id} submitted" + ("; waiting for it to end" if wait else ""))
+    _, errors = submitting.communicate()
+    if not job_id or (submitting.returncode and not wait):  # with --wait, a failed task gives a non-zero exit
+        raise UserError(f"sbatch failed: {' '.join(errors.split()) or submitting.returncode}; "
                         f"check the options, or submit {script} by hand")
     if not wait:
         print(f"submitted job array {job_id} ({len(todo)} tasks); follow it with braintumor sweep --status {sweep_dir}")
