@@ -107,13 +107,13 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str]) -> 
     for path in configs:
         base = load_config(path, fixed)
         for combination in itertools.product(*grid):
-            suffix = [item.split("=", 1) for item in combination]
             cfg = load_config(path, [*fixed, *combination])  # each grid value must be valid too
+            # grid values tell runs apart: train.optimizer=rmsprop -> id ...-optimizer-rmsprop
+            varied = [(key.split(".")[-1], value) for key, value in (item.split("=", 1) for item in combination)]
+            label = " ".join([base.label or base.name, *(f"{key}={value}" for key, value in varied)])
             for seed in seeds if seeds is not None else [cfg.seed]:
-                run_id = "-".join([base.name, *(f"{key.split('.')[-1]}-{value}" for key, value in suffix),
-                                   f"s{seed}"])
-                label = " ".join([base.label or base.name, *(f"{key.split('.')[-1]}={value}" for key, value in suffix)])
-                runs.append(PlannedRun(len(runs), re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id), str(path), seed,
+                run_id = "-".join([base.name, *(f"{key}-{value}" for key, value in varied), f"s{seed}"])
+                runs.append(PlannedRun(len(runs), re.sub(r"[^A-Za-z0-9._-]+", "_", run_id), str(path), seed,
                                        [*fixed, *combination], label))
     ids = [run.id for run in runs]
     duplicates = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
