@@ -171,7 +171,7 @@ def test_runs_on_different_test_files_are_grouped_and_ranked_apart(study):
 def test_report_lists_unfinished_runs_and_has_all_sections(study, capsys):
     outputs, out = study
     assert sorted(path.name for path in out.iterdir()) == [
-        "comparison.md", "comparison.png", "mcnemar.csv", "per_class.csv", "summary.csv"]
+        "comparison.md", "comparison.png", "configurations.csv", "mcnemar.csv", "per_class.csv", "summary.csv"]
     report = (out / "comparison.md").read_text()
     for heading in ("## Summary", "## McNemar", "### vgg16", "### resnet50", "## Incomplete"):
         assert heading in report
@@ -287,3 +287,63 @@ def test_labels_from_users_cannot_run_as_formulas_or_break_markdown_tables(tmp_p
     assert sum("HYPERLINK" in table for table in tables) >= 2  # the summary and the McNemar table
     for table in tables:  # every row of a table has as many cells as its header
         assert len({len(re.split(r"(?<!\\)\|", line)) for line in table.splitlines()}) == 1, table
+
+
+def add_leak_free(run: Path, accuracy: float) -> None:
+    """What training stores: the leak-free subset's metrics under `leak_free` in metrics.json."""
+    path = run / "metrics.json"
+    write_json(path, {**json.loads(path.read_text()), "leak_free": {"accuracy": accuracy, "n": 40, "excluded": 20}})
+
+
+def test_runs_differing_only_in_seed_are_pooled_into_one_configuration(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="braintumor")
+    seeds = {}
+    for seed, leak_free in ((0, 0.5), (1, 0.6), (2, 0.7)):
+        run = make_run(tmp_path, f"vgg16_full-s{seed}-20240101-000000", label="VGG16-I", seed=seed)
+        add_leak_free(run, leak_free)
+        seeds[seed] = run
+    make_run(tmp_path, "vgg16_adam-s0-20240101-000000", label="VGG16-II", seed=5)
+    out = compare_runs(tmp_path, out_dir=tmp_path / "cmp", metric="leak_free", study=True)
+
+    summary = {row["folder"]: row for row in read_csv(out / "summary.csv")}
+    assert len(summary) == 4  # McNemar and bootstrap stay per run
+    assert len(read_csv(out / "mcnemar.csv")) == 3
+    rows = {row["label"]: row for row in read_csv(out / "configurations.csv")}
+    assert set(rows) == {"VGG16-I", "VGG16-II"}
+    pooled = rows["VGG16-I"]
+    assert (pooled["runs"], pooled["seeds"]) == ("3", "0 1 2")
+    accuracies = [recompute(run)["accuracy"] for run in seeds.values()]
+    glioma = [recompute(run)["per_class"]["glioma_tumor"]["recall"] for run in seeds.values()]
+    for name, values in (("accuracy", accuracies), ("glioma_recall", glioma), ("leak_free", [0.5, 0.6, 0.7])):
+        assert float(pooled[f"{name}_mean"]) == pytest.approx(np.mean(values), rel=1e-12)
+        assert float(pooled[f"{name}_std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+        assert (float(pooled[f"{name}_min"]), float(pooled[f"{name}_max"])) == (min(values), max(values))
+    assert rows["VGG16-II"]["runs"] == "1" and rows["VGG16-II"]["accuracy_std"] == ""
+    assert float(summary["vgg16_full-s2-20240101-000000"]["leak_free"]) == 0.7
+    # ranked by leak-free accuracy; the run without it comes last
+    assert [row["leak_free"] for row in read_csv(out / "summary.csv")] == ["0.7", "0.6", "0.5", ""]
+
+    report = (out / "comparison.md").read_text()
+    assert "## Configurations over seeds" in report
+    mean_accuracy = f"{np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f}"
+    assert mean_accuracy in report and mean_accuracy in caplog.text
+
+
+def test_study_layout_puts_experiments_side_by_side_with_the_published_figures(tmp_path):
+    for label in ("VGG16-III", "VGG16-I", "VGG16-II"):
+        make_run(tmp_path, f"{label}-20240101-000000", label=label, seed=len(label))
+    plain = (compare_runs(tmp_path, out_dir=tmp_path / "plain") / "comparison.md").read_text()
+    report = (compare_runs(tmp_path, out_dir=tmp_path / "study", study=True) / "comparison.md").read_text()
+    table = report.split("### vgg16")[1].split("\n\n")[1].splitlines()
+    assert table[0] == ("|  | VGG16-I P | VGG16-I R | VGG16-I F1 | VGG16-II P | VGG16-II R | VGG16-II F1 "
+                        "| VGG16-III P | VGG16-III R | VGG16-III F1 |")
+    titles = [line.split("|")[1].strip() for line in table[2:]]
+    assert titles[:2] == ["glioma_tumor", "*study*"]
+    assert titles[8:] == ["macro avg", "*study*", "weighted avg", "*study*", "accuracy", "*study*", "test loss",
+                          "*study*", "accuracy: 95% CI (one run) / ± std over seeds", "leak-free accuracy",
+                          "runs (seeds)"]
+    # the published VGG16 figures of results.md: glioma P / R / F1 for I, II, III
+    assert table[3] == ("| *study* | 0.7500 | 0.2100 | 0.3300 | 0.8800 | 0.2300 | 0.3700 | 0.9400 | 0.3100 "
+                        "| 0.4700 |")
+    assert "| *study* |  |  |  |  |  |  |  |  | 3.3900 |" in table  # test loss: published for VGG16-III only
+    assert "*study*" not in plain

@@ -25,20 +25,29 @@ def float32_predictions(n: int = 40) -> tuple[list[str], np.ndarray, np.ndarray]
 
 def test_evaluation_files_reproduce_the_metrics_exactly(tmp_path):
     files, y_true, probs = float32_predictions()
+    tta = compute_metrics(y_true, probs[:, ::-1], CLASSES, seed=5)
+    leak_free = {"excluded": 10, **compute_metrics(y_true[10:], probs[10:], CLASSES, seed=5)}
     returned = write_evaluation(tmp_path, files, y_true, probs, CLASSES, seed=5,
-                                extra={"split": "Testing", "tta": {"accuracy": 0.5}})
+                                extra={"split": "Testing", "tta": tta, "leak_free": leak_free})
     stored = json.loads((tmp_path / "metrics.json").read_text())
     assert stored == returned
-    assert stored["split"] == "Testing" and stored["tta"] == {"accuracy": 0.5}
+    assert stored["split"] == "Testing" and stored["tta"] == tta
     read_files, read_true, read_probs, read_classes = read_predictions(tmp_path / "predictions.csv")
     assert (read_files, read_classes) == (files, CLASSES)
     assert np.array_equal(read_true, y_true)
     assert np.array_equal(read_probs, probs.astype(np.float64))
     recomputed = compute_metrics(read_true, read_probs, read_classes, seed=5)
-    assert recomputed == {k: v for k, v in stored.items() if k not in ("split", "tta")}
+    assert recomputed == {k: v for k, v in stored.items() if k not in ("split", "tta", "leak_free")}
     report = (tmp_path / "classification_report.txt").read_text()
     assert "meningioma_tumor" in report and "balanced accuracy" in report
     assert f"{stored['accuracy']:.4f}" in report
+    # TTA and the leak-free subset appear as text too, not only in metrics.json
+    flipped, subset = report.split("\nWith horizontal-flip")[1].split("\nLeak-free subset")
+    assert "its mirror (40 images)" in flipped and f"accuracy              {tta['accuracy']:.4f}" in flipped
+    assert "(30 images; 10 test images with a Training twin left out)" in subset
+    assert f"accuracy              {leak_free['accuracy']:.4f}" in subset
+    glioma = leak_free["per_class"]["glioma_tumor"]
+    assert f"glioma_tumor  {glioma['precision']:9.4f} {glioma['recall']:9.4f} {glioma['f1']:9.4f}" in subset
     assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(PNG_MAGIC)
 
 

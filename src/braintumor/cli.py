@@ -103,8 +103,44 @@ def _compare(args: argparse.Namespace) -> None:
 
     compare.compare_runs(
         Path(args.outputs), metric=args.metric, out_dir=Path(args.out) if args.out else None,
-        include_eval=args.include_eval,
+        include_eval=args.include_eval, study=args.study,
     )
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from braintumor.apps import sweep
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs} must be at least 1")
+    if args.status:
+        sweep.status(Path(args.status))
+        return
+    if args.task:
+        if not args.task[1].isdigit():
+            raise UserError(f"--task INDEX must be a run number, got {args.task[1]!r}")
+        sweep.run_task(Path(args.task[0]), int(args.task[1]))
+        return
+    if args.resume:
+        if args.configs or args.seeds or args.set:
+            raise UserError("--resume continues the plan in the sweep's manifest.json; drop CONFIG, --seeds and "
+                            "--set, or start a new sweep")
+        sweep_dir = Path(args.resume).resolve()
+        sweep.read_manifest(sweep_dir)
+    elif args.configs:
+        sweep_dir = sweep.create_sweep([Path(c) for c in args.configs], args.seeds, args.set, args.name)
+    else:
+        raise UserError("sweep needs CONFIG files, --resume SWEEP_DIR or --status SWEEP_DIR; "
+                        "e.g. braintumor sweep configs/quickstart.yaml --seeds 0,1,2")
+    if args.launcher == "slurm":
+        options = sweep.SlurmOptions(jobs=args.jobs or 4, partition=args.partition, time=args.time,
+                                     cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                                     account=args.account)
+        sweep.run_slurm(sweep_dir, options, dry_run=args.dry_run, wait=args.wait)
+    elif args.dry_run:
+        sweep.status(sweep_dir)
+        print(f"dry run: planned {sweep_dir}; run it with braintumor sweep --resume {sweep_dir}")
+    else:
+        sweep.run_local(sweep_dir, jobs=args.jobs or 1)
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -182,15 +218,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report metrics on the test images that have no twin in Training")
     p.set_defaults(func=_evaluate)
 
-    p = add_command("compare", help="side-by-side tables of all runs under a folder",
+    p = add_command("compare", help="side-by-side tables of all runs under a folder (a sweep folder too)",
                     description="Rank the completed runs under OUTPUTS_DIR (only runs scored on the same "
-                                "test files against each other) with bootstrap intervals and McNemar tests.")
-    p.add_argument("outputs", metavar="OUTPUTS_DIR", help="folder holding run folders, e.g. outputs/")
+                                "test files against each other) with bootstrap intervals and McNemar tests; "
+                                "runs that differ only in seed are pooled into one configuration (mean ± std).")
+    p.add_argument("outputs", metavar="OUTPUTS_DIR", help="folder holding run folders, e.g. outputs/ or a sweep folder")
     p.add_argument("--metric", default="accuracy",
-                   help="rank runs by this metric (e.g. accuracy, macro_f1, balanced_accuracy, loss)")
+                   help="rank runs by this metric (e.g. accuracy, macro_f1, balanced_accuracy, loss, "
+                        "leak_free: leak-free accuracy)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: OUTPUTS_DIR/comparison-<time>)")
     p.add_argument("--include-eval", action="store_true", help="also compare results under RUN_DIR/eval/")
+    p.add_argument("--study", action="store_true",
+                   help="print the study's published figures beside ours (runs labelled VGG16-I ... InceptionV3-III)")
     p.set_defaults(func=_compare)
+
+    p = add_command("sweep", help="train configs × seeds (× --set values) here or as a SLURM job array",
+                    description="Each run is an ordinary `braintumor train` run in outputs/sweep-NAME-TIME/, "
+                                "listed in its manifest.json. Running a sweep again (--resume) does only what "
+                                "is not completed.")
+    p.add_argument("configs", nargs="*", metavar="CONFIG",
+                   help="experiment configs, or a listing such as configs/study.yaml")
+    p.add_argument("--seeds", metavar="S,S,...", help="one run per seed, e.g. 0,1,2 (default: each config's seed)")
+    p.add_argument("--set", **{**overrides, "help": "override for every run; a comma list (train.optimizer="
+                                                     "adam,rmsprop) adds one run per value (repeatable)"})
+    p.add_argument("--name", help="sweep name in the folder name (default: the config's file name)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="runs at a time: local processes (default 1) or SLURM array throttle %%K (default 4)")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: processes on this machine; slurm: one job array (sbatch)")
+    p.add_argument("--dry-run", action="store_true", help="write the plan (and the sbatch script) without running")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="run or submit what is not completed in an existing sweep")
+    p.add_argument("--status", metavar="SWEEP_DIR", help="show planned / running / completed / failed per run")
+    slurm = p.add_argument_group("SLURM (with --launcher slurm)")
+    slurm.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    slurm.add_argument("--time", metavar="HH:MM:SS", help="time limit per task")
+    slurm.add_argument("--cpus-per-task", type=int, default=2, metavar="C", help="CPU cores per task")
+    slurm.add_argument("--gpus-per-task", type=int, metavar="G", help="GPUs per task (default: none)")
+    slurm.add_argument("--account", help="SLURM account to charge")
+    slurm.add_argument("--wait", action="store_true", help="block until the job array has finished")
+    p.add_argument("--task", nargs=2, metavar=("SWEEP_DIR", "INDEX"), help=argparse.SUPPRESS)  # one array task
+    p.set_defaults(func=_sweep)
 
     data = add_command("data", help="data set tools: synth, audit, download",
                        description="Data set tools.").add_subparsers(dest="data_command", required=True,

@@ -109,12 +109,17 @@ class TrainConfig:
     xla: Literal["auto", "on", "off"] = "auto"
     # feature-extraction without online augmentation: run the frozen backbone once, cache its outputs, train the head
     feature_cache: bool = True
+    # mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or `devices`); batch_size is the global batch
+    distribution: Literal["none", "mirrored"] = "none"
+    devices: list[str] | None = None  # mirrored only: e.g. ["/gpu:0", "/gpu:1"]; null: every visible GPU
 
     def validate(self, check: _Check) -> None:
         check(0 < self.learning_rate <= 1, "learning_rate", "a number above 0 and at most 1")
         check(1 <= self.epochs <= 10_000, "epochs", "an integer from 1 to 10000")
         check(1 <= self.batch_size <= 4096, "batch_size", "an integer from 1 to 4096")
         check(self.early_stopping_patience >= 0, "early_stopping_patience", "an integer >= 0")
+        check(self.devices is None or (self.distribution == "mirrored" and len(self.devices) >= 1), "devices",
+              "null, or a non-empty list of devices with distribution: mirrored")
 
 
 @dataclass
@@ -242,8 +247,7 @@ def parse_config(raw: Any, source: str, overrides: typing.Iterable[str] = ()) ->
     return _build(Config, raw, "", source)
 
 
-def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
-    """Read a YAML config; the run name defaults to the file's stem."""
+def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass a YAML file such as configs/quickstart.yaml")
     try:
@@ -252,12 +256,36 @@ def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
         raise UserError(f"cannot read config file {path} as UTF-8 text ({describe(err)}); "
                         "check its permissions and encoding") from err
     try:
-        raw = yaml.safe_load(text) or {}
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}: invalid YAML{where} ({getattr(err, 'problem', None) or describe(err)}); "
                         "fix the syntax") from err
+
+
+def read_listing(path: Path) -> list[Path] | None:
+    """The configs a sweep listing names (a YAML file whose only key is `configs`), or None for an experiment config.
+
+    Listed paths are relative to the listing's folder, so `configs/study.yaml` names `vgg16_full.yaml` etc.
+    """
+    raw = _read_yaml(path)
+    if not (isinstance(raw, dict) and "configs" in raw):
+        return None
+    listed = raw["configs"]
+    if set(raw) != {"configs"} or not isinstance(listed, list) or not listed \
+            or not all(isinstance(item, str) for item in listed):
+        raise UserError(f"{path}: a sweep listing holds one key, `configs`, a list of config files; "
+                        "e.g. configs: [vgg16_full.yaml, vgg16_adam.yaml]")
+    return [path.parent / item for item in listed]
+
+
+def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read a YAML config; the run name defaults to the file's stem."""
+    raw = _read_yaml(path)
+    if isinstance(raw, dict) and "configs" in raw:
+        raise UserError(f"{path} is a sweep listing, not an experiment config; run it with "
+                        f"braintumor sweep {path}, or pass the configs it names")
     if isinstance(raw, dict):
         raw.setdefault("name", path.stem)
     return parse_config(raw, str(path), overrides)

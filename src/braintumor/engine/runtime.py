@@ -1,9 +1,10 @@
-"""Runtime: mixed precision and XLA, each with the reason it was picked, and the environment record
-(env.json).
+"""Runtime: mixed precision and XLA, each with the reason it was picked, the distribution strategy, and the
+environment record (env.json).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -48,6 +49,29 @@ def resolve_xla(model: keras.Model, setting: str) -> tuple[bool, str]:
     if not tf.config.list_physical_devices("GPU"):
         return False, "auto: off on CPU, where XLA trained slower than the default kernels (BENCHMARKS.md)"
     return True, "auto: GPU and every layer supports XLA"
+
+
+def distribution(setting: str, devices: list[str] | None = None) -> tf.distribute.Strategy:
+    """The strategy to build and compile the model under: TensorFlow's default (one device) or a MirroredStrategy.
+
+    Cached, so a run builds its model and compiles it under the same strategy object.
+    """
+    return _strategy(setting, tuple(devices) if devices else None)
+
+
+@functools.cache
+def _strategy(setting: str, devices: tuple[str, ...] | None) -> tf.distribute.Strategy:
+    if setting == "none":
+        return tf.distribute.get_strategy()
+    # None: every visible GPU (or the CPU when there is none); batches are split across the replicas
+    return tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
+
+
+def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
+    """The devices a strategy trains on, for env.json."""
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return list(strategy.extended.worker_devices)
+    return ["/device:GPU:0" if tf.config.list_physical_devices("GPU") else "/device:CPU:0"]  # TF's default placement
 
 
 def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:

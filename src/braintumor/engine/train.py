@@ -23,7 +23,7 @@ from braintumor.data import augment
 from braintumor.data.dataset import Dataset, find_classes, load_dataset
 from braintumor.engine import evaluate, features
 from braintumor.engine.callbacks import CHECKPOINTS, EpochState, truncate_history
-from braintumor.engine.runtime import environment, resolve_precision, resolve_xla
+from braintumor.engine.runtime import distribution, environment, resolve_precision, resolve_xla, strategy_devices
 from braintumor.models.build import build_model
 
 
@@ -76,8 +76,9 @@ def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     keras.mixed_precision.set_dtype_policy(precision)
     classes = find_classes(cfg.data)
     # the model first: a bad weights file fails in seconds, not after decoding the images
-    model = (keras.models.load_model(checkpoint) if checkpoint
-             else build_model(cfg.model, cfg.data.image_size, len(classes)))
+    with distribution(cfg.train.distribution, cfg.train.devices).scope():  # variables live on every replica
+        model = (keras.models.load_model(checkpoint) if checkpoint
+                 else build_model(cfg.model, cfg.data.image_size, len(classes)))
     data = load_dataset(cfg, classes)
     images, labels = _training_arrays(cfg, data)
     return Prepared(data, images, labels, model, precision, precision_reason)
@@ -131,15 +132,17 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict)
         # what fit trains and checkpoints: the whole model, or its head alone (sharing its weights)
         fit_model = features.head_model(model) if features.applies(cfg) else model
         xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
+        strategy = distribution(cfg.train.distribution, cfg.train.devices)
         if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
-            fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
-                              metrics=["accuracy"], jit_compile=xla)
+            with strategy.scope():
+                fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+                                  metrics=["accuracy"], jit_compile=xla)
         device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
         print(f"device: {device} | precision: {precision} ({precision_reason}) | XLA: "
               f"{'on' if xla else 'off'} ({xla_reason})")
         rundir.write_json(run_dir / "env.json", environment(
             seed=cfg.seed, device=device, precision=precision, precision_reason=precision_reason,
-            xla=xla, xla_reason=xla_reason))
+            xla=xla, xla_reason=xla_reason, distribution=cfg.train.distribution, devices=strategy_devices(strategy)))
         print(f"run directory: {run_dir}")
         online = cfg.augmentation if cfg.augmentation.enabled and cfg.augmentation.mode == "online" else None
         if state["epoch"] < cfg.train.epochs and not _stopped_early(cfg, state):

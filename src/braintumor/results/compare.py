@@ -1,14 +1,19 @@
-"""`braintumor compare`: side-by-side tables of every finished run under a folder.
+"""`braintumor compare`: side-by-side tables of every finished run under a folder (a sweep folder too).
 
 Runs are ranked only against runs scored on the same test files, and the best run of each such
 group is tested against the others with McNemar's test, so small differences are not over-read.
+Runs whose configs differ only in the seed form one configuration: its mean ± std and min–max over
+seeds are reported, and the study's per-backbone tables are built from the means.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import matplotlib
@@ -28,13 +33,19 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 log = get_logger(__name__)
 
 RESULT_FILES = ("metrics.json", "predictions.csv")
+LEAK_FREE = "leak_free"  # accuracy on the Testing images without a Training twin (stored in metrics.json)
+METRICS = (*RANKABLE, LEAK_FREE)
+SEED_STATS = ("accuracy", "macro_f1", "glioma_recall", LEAK_FREE)  # mean ± std, min–max per configuration
+NOT_CONFIGURATION = ("seed", "name", "output")  # config keys in which runs of one configuration may differ
 AVERAGES = ("macro_precision", "macro_recall", "macro_f1",
             "weighted_precision", "weighted_recall", "weighted_f1")
 SUMMARY_COLUMNS = (
     "group", "rank", "best", "label", "backbone", "folder", "n", "accuracy", "accuracy_ci_low",
     "accuracy_ci_high", *AVERAGES, "macro_f1_ci_low", "macro_f1_ci_high", "loss",
-    "balanced_accuracy", "cohen_kappa", "roc_auc_macro", "ece",
+    "balanced_accuracy", "cohen_kappa", "roc_auc_macro", "ece", LEAK_FREE, "seed",
 )
+CONFIGURATION_COLUMNS = ("group", "label", "backbone", "runs", "seeds",
+                         *(f"{name}_{stat}" for name in SEED_STATS for stat in ("mean", "std", "min", "max")))
 PER_CLASS_COLUMNS = ("backbone", "group", "label", "class", "precision", "recall", "f1", "support",
                      "roc_auc")
 MCNEMAR_COLUMNS = ("group", "best", "other", "n", "best_accuracy", "other_accuracy",
@@ -50,7 +61,10 @@ class Result:
     folder: str  # relative to the compared folder
     files: list[str]
     correct: np.ndarray  # per file, in the order of `files`
-    metrics: dict
+    metrics: dict  # recomputed from predictions.csv, plus the stored leak_free / tta parts
+    configuration: str = ""  # the config without seed, name and output: equal for runs that differ only in seed
+    config_label: str = ""  # the label before a folder name is added to tell runs apart
+    seed: int | None = None
     group: str = ""
     rank: int = 0
 
@@ -59,29 +73,65 @@ class Result:
         return self.correct[[position[file] for file in files]]
 
 
+@dataclass
+class Configuration:
+    """The runs of one configuration (differing only in seed) within one group of test files."""
+
+    label: str
+    backbone: str
+    group: str
+    members: list[Result] = field(default_factory=list)
+
+    def values(self, name: str) -> list[float]:
+        return [v for v in (_value(result.metrics, name) for result in self.members) if v is not None]
+
+    def seeds(self) -> str:
+        return " ".join(map(str, sorted((result.seed for result in self.members), key=str)))
+
+    def mean_metrics(self) -> dict:
+        """The study's figures (per class, averages, accuracy, loss) as the mean over the seeds."""
+        first = self.members[0].metrics
+
+        def mean(get) -> float:
+            return float(np.mean([get(result.metrics) for result in self.members]))
+
+        return {
+            "per_class": {name: {stat: mean(lambda m, n=name, s=stat: m["per_class"][n][s])
+                                 for stat in ("precision", "recall", "f1")} for name in first["per_class"]},
+            **{average: {stat: mean(lambda m, a=average, s=stat: m[a][s]) for stat in ("precision", "recall", "f1")}
+               for average in ("macro_avg", "weighted_avg")},
+            "accuracy": mean(lambda m: m["accuracy"]), "loss": mean(lambda m: m["loss"]),
+        }
+
+
 def compare_runs(
     outputs_dir: Path, metric: str = "accuracy", out_dir: Path | None = None,
-    include_eval: bool = False,
+    include_eval: bool = False, study: bool = False,
 ) -> Path:
-    """Write comparison.md, summary/per_class/mcnemar CSVs and comparison.png; return the folder."""
-    if metric not in RANKABLE:
-        raise UserError(f"unknown metric {metric!r}; use one of: {', '.join(RANKABLE)}")
+    """Write comparison.md, summary/configurations/per_class/mcnemar CSVs and comparison.png; return the folder.
+
+    `study`: print the study's published figures beside ours in its per-backbone tables.
+    """
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; use one of: {', '.join(METRICS)}")
     if not outputs_dir.is_dir():
         raise UserError(f"{outputs_dir}: no such folder; pass the folder holding your runs")
     out_dir = out_dir or outputs_dir / f"comparison-{timestamp()}"
     results, unfinished = _collect(outputs_dir, include_eval)
     groups = _group_and_rank(results, metric)
+    configurations = _configurations(groups)
     tables = _summary_rows(groups), _per_class_rows(groups), _mcnemar_rows(groups)
-    report = _markdown(outputs_dir, metric, groups, tables, unfinished)
+    seed_rows = _configuration_rows(configurations)
+    report = _markdown(outputs_dir, metric, groups, tables, unfinished, configurations, study)
 
     with staged_dir(out_dir) as tmp:
-        for name, columns, rows in zip(("summary", "per_class", "mcnemar"),
-                                       (SUMMARY_COLUMNS, PER_CLASS_COLUMNS, MCNEMAR_COLUMNS),
-                                       tables, strict=True):
+        for name, columns, rows in zip(("summary", "per_class", "mcnemar", "configurations"),
+                                       (SUMMARY_COLUMNS, PER_CLASS_COLUMNS, MCNEMAR_COLUMNS, CONFIGURATION_COLUMNS),
+                                       (*tables, seed_rows), strict=True):
             write_csv(tmp / f"{name}.csv", columns, ([row[c] for c in columns] for row in rows))
         (tmp / "comparison.md").write_text(report)
         _plot(groups, tmp / "comparison.png")
-    log.info(_terminal_summary(groups, tables[0], unfinished, metric))
+    log.info(_terminal_summary(groups, tables[0], unfinished, metric, configurations))
     log.info(f"wrote {out_dir}")
     return out_dir
 
@@ -98,15 +148,21 @@ def _collect(outputs_dir: Path, include_eval: bool) -> tuple[list[Result], list[
         label = config.get("label") or config.get("name") or run.name
         backbone = str((config.get("model") or {}).get("backbone") or "unknown")
         state = _state(run / "status.json")
-        candidates = [(run, label, state == "completed", state)]
-        if include_eval:
-            candidates += [(folder, f"{label} eval/{folder.name}", True, "incomplete evaluation")
+        configuration = json.dumps({k: v for k, v in config.items() if k not in NOT_CONFIGURATION},
+                                   sort_keys=True, default=str)
+        candidates = [(run, label, state == "completed", state, configuration)]
+        if include_eval:  # evaluations of several seeds' runs on one split form their own configuration
+            candidates += [(folder, f"{label} eval/{folder.name}", True, "incomplete evaluation",
+                            f"{configuration} eval/{folder.name.rsplit('-', 2)[0]}")
                            for folder in sorted((run / "eval").glob("*")) if folder.is_dir()]
-        for folder, name, finished, state_text in candidates:
+        for folder, name, finished, state_text, key in candidates:
             missing = [file for file in RESULT_FILES if not (folder / file).is_file()]
             relative = str(folder.relative_to(outputs_dir))
             if finished and not missing:
-                results.append(_load_result(folder, relative, str(name), backbone))
+                result = _load_result(folder, relative, str(name), backbone)
+                result.configuration, result.config_label = key, str(name)
+                result.seed = config.get("seed")
+                results.append(result)
             else:
                 unfinished.append({"folder": relative, "label": str(name), "state": str(state_text),
                                    "missing": ", ".join(missing) or "-"})
@@ -156,7 +212,25 @@ def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Resu
         raise UserError(f"{path}: disagrees with the predictions.csv next to it; "
                         "re-create both with `braintumor evaluate`")
     correct = probs.argmax(axis=1) == y_true
+    for part in ("leak_free", "tta"):  # computed at evaluation from data predictions.csv does not hold
+        if isinstance(stored.get(part), dict):
+            metrics[part] = stored[part]
     return Result(label, backbone, relative, files, correct, metrics)
+
+
+def _value(metrics: dict, name: str) -> float | None:
+    """A METRICS name, or glioma_recall (None without a glioma class)."""
+    if name == LEAK_FREE:
+        return (metrics.get(LEAK_FREE) or {}).get("accuracy")
+    if name == "glioma_recall":
+        glioma = [scores for cls, scores in metrics["per_class"].items() if _class_key(cls) == "glioma"]
+        return glioma[0]["recall"] if glioma else None
+    return metric_value(metrics, name)
+
+
+def _class_key(name: str) -> str:
+    """glioma_tumor, 'glioma' -> glioma; no_tumor, 'no tumour' -> no: our class folders and the study's names."""
+    return re.sub(r"[_ ]tumou?r$", "", name.lower())
 
 
 def _group_and_rank(results: list[Result], metric: str) -> dict[str, list[Result]]:
@@ -167,7 +241,7 @@ def _group_and_rank(results: list[Result], metric: str) -> dict[str, list[Result
     sign = 1 if metric in LOWER_IS_BETTER else -1
 
     def score(result: Result) -> tuple:  # sorts best first, undefined values last
-        value = metric_value(result.metrics, metric)
+        value = _value(result.metrics, metric)
         return (value is None, 0 if value is None else sign * value)
 
     groups = {}
@@ -195,8 +269,36 @@ def _summary_rows(groups: dict[str, list[Result]]) -> list[dict]:
                 "accuracy_ci_high": m["ci95"]["accuracy"][1],
                 "macro_f1_ci_low": m["ci95"]["macro_f1"][0],
                 "macro_f1_ci_high": m["ci95"]["macro_f1"][1],
-                "n": m["n"], **{name: metric_value(m, name) for name in RANKABLE},
+                "n": m["n"], **{name: _value(m, name) for name in METRICS}, "seed": result.seed,
             })
+    return rows
+
+
+def _configurations(groups: dict[str, list[Result]]) -> list[Configuration]:
+    """Runs grouped by configuration within each group of test files, in rank order of their best run."""
+    configurations: dict[tuple[str, str], Configuration] = {}
+    for name, members in groups.items():
+        for result in members:
+            key = (name, result.configuration)
+            if key not in configurations:
+                configurations[key] = Configuration(result.config_label, result.backbone, name)
+            configurations[key].members.append(result)
+    return list(configurations.values())
+
+
+def _configuration_rows(configurations: list[Configuration]) -> list[dict]:
+    rows = []
+    for configuration in configurations:
+        row = {"group": configuration.group, "label": configuration.label, "backbone": configuration.backbone,
+               "runs": len(configuration.members),
+               "seeds": configuration.seeds()}
+        for name in SEED_STATS:
+            values = configuration.values(name)
+            row |= {f"{name}_mean": float(np.mean(values)) if values else None,
+                    # sample standard deviation: the spread a new seed would show; undefined for one run
+                    f"{name}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                    f"{name}_min": min(values) if values else None, f"{name}_max": max(values) if values else None}
+        rows.append(row)
     return rows
 
 
@@ -228,6 +330,7 @@ def _mcnemar_rows(groups: dict[str, list[Result]]) -> list[dict]:
 def _markdown(
     outputs_dir: Path, metric: str, groups: dict[str, list[Result]],
     tables: tuple[list[dict], list[dict], list[dict]], unfinished: list[dict],
+    configurations: list[Configuration], study: bool,
 ) -> str:
     summary, per_class, mcnemar_rows = tables
     direction = "lower" if metric in LOWER_IS_BETTER else "higher"
@@ -247,14 +350,26 @@ def _markdown(
     for name in groups:
         rows = [row for row in summary if row["group"] == name]
         lines += [f"### {name}", "", _summary_markdown(rows), ""]
+    lines += ["## Configurations over seeds", "",
+              "Runs whose configs differ only in `seed` form one configuration: mean ± sample standard "
+              "deviation [min – max] over its runs. With a few hundred test images, a difference smaller than "
+              "the spread over seeds is not a finding.", "",
+              _configurations_markdown(configurations), ""]
     lines += ["## McNemar tests against the best run of each group", ""]
     lines += [_table(MCNEMAR_COLUMNS, [[_cell(row[c]) for c in MCNEMAR_COLUMNS]
                                        for row in mcnemar_rows]) if mcnemar_rows
               else "Every group holds a single run; nothing to test.", ""]
-    lines += ["## Per-class precision / recall / F1 by backbone", ""]
-    for backbone in dict.fromkeys(row["backbone"] for row in per_class):
-        lines += [f"### {backbone}", "", _per_class_markdown(
-            [row for row in per_class if row["backbone"] == backbone]), ""]
+    lines += ["## The study's tables: per-class precision / recall / F1 by backbone (mean over seeds)", "",
+              "As in the study's slides: one table per backbone, its experiments side by side, then the macro and "
+              "weighted averages, accuracy and test loss; our extra rows (bootstrap interval or spread over "
+              "seeds, leak-free accuracy) after them."
+              + (" Rows marked *study* hold the published figures (shipped with the package) of the experiment "
+                 "with the same label." if study else ""), ""]
+    for backbone in dict.fromkeys(configuration.backbone for configuration in configurations):
+        # sorted by label: experiments I, II, III in order
+        members = sorted((c for c in configurations if c.backbone == backbone), key=lambda c: (c.label, c.group))
+        lines += [f"### {backbone}", "", _study_layout(members, len({c.group for c in members}) > 1, study), ""]
+    lines += ["Per-run per-class figures: per_class.csv.", ""]
     if unfinished:
         columns = ("folder", "label", "state", "missing")
         lines += ["## Incomplete or failed runs (not compared)", "",
@@ -265,33 +380,106 @@ def _markdown(
 def _summary_markdown(rows: list[dict]) -> str:
     header = ("rank", "best", "label", "backbone", "accuracy [95% CI]", "macro P", "macro R",
               "macro F1", "weighted P", "weighted R", "weighted F1", "loss", "bal. acc.",
-              "kappa", "ROC-AUC", "ECE")
+              "kappa", "ROC-AUC", "ECE", "leak-free acc.")
     body = [[row["rank"], row["best"], row["label"], row["backbone"],
              f"{row['accuracy']:.4f} [{row['accuracy_ci_low']:.4f}, {row['accuracy_ci_high']:.4f}]",
              *(_cell(row[c]) for c in (*AVERAGES, "loss", "balanced_accuracy", "cohen_kappa",
-                                       "roc_auc_macro", "ece"))]
+                                       "roc_auc_macro", "ece", LEAK_FREE))]
             for row in rows]
     return _table(header, body)
 
 
-def _per_class_markdown(rows: list[dict]) -> str:
-    """One row per class, each run's precision / recall / F1 side by side."""
-    runs = list(dict.fromkeys(row["label"] for row in rows))
-    classes = list(dict.fromkeys(row["class"] for row in rows))
-    scores = {(row["label"], row["class"]): row for row in rows}
-    header = ["class", *(f"{run} {stat}" for run in runs for stat in ("P", "R", "F1"))]
-    body = [[name, *(_cell(scores[run, name][stat]) if (run, name) in scores else ""
-                     for run in runs for stat in ("precision", "recall", "f1"))]
-            for name in classes]
+def _configurations_markdown(configurations: list[Configuration]) -> str:
+    header = ("group", "label", "backbone", "runs", "seeds", "accuracy", "macro F1", "glioma recall",
+              "leak-free accuracy")
+    body = []
+    for row in _configuration_rows(configurations):
+        body.append([row["group"].split()[0], row["label"], row["backbone"], row["runs"], row["seeds"],
+                     *(_spread(row, name) for name in SEED_STATS)])
     return _table(header, body)
+
+
+def _spread(row: dict, name: str) -> str:
+    if row[f"{name}_mean"] is None:
+        return "n/a"
+    if row[f"{name}_std"] is None:
+        return f"{row[f'{name}_mean']:.4f}"
+    return (f"{row[f'{name}_mean']:.4f} ± {row[f'{name}_std']:.4f} "
+            f"[{row[f'{name}_min']:.4f} – {row[f'{name}_max']:.4f}]")
+
+
+def published_results() -> dict:
+    """The study's published figures by run label (VGG16-I ... InceptionV3-III)."""
+    return json.loads(resources.files("braintumor.results").joinpath("study_results.json").read_text())["runs"]
+
+
+def _study_layout(configurations: list[Configuration], name_group: bool, study: bool) -> str:
+    """Rows: classes, macro / weighted average, accuracy, test loss, then our extras; columns: P R F1 per experiment."""
+    means = [configuration.mean_metrics() for configuration in configurations]
+    published = published_results() if study else {}
+    papers = [published.get(configuration.label) for configuration in configurations]
+    titles = [configuration.label + (f" ({configuration.group.split()[0]})" if name_group else "")
+              for configuration in configurations]
+    header = ["", *(f"{title} {stat}" for title in titles for stat in ("P", "R", "F1"))]
+    blank = ["", ""]
+
+    def triple(scores: dict | None) -> list[str]:
+        return [_cell(scores[stat]) for stat in ("precision", "recall", "f1")] if scores else ["", "", ""]
+
+    def lookup(figures: dict | None, name: str) -> dict | None:
+        if figures is None:
+            return None
+        if name in ("macro_avg", "weighted_avg"):
+            return figures.get(name)
+        return {_class_key(cls): scores for cls, scores in figures["per_class"].items()}.get(_class_key(name))
+
+    def single(figures: dict | None, name: str) -> list[str]:
+        value = None if figures is None else figures.get(name)
+        return [*blank, "" if value is None else _cell(value)]
+
+    rows_spec = [(name, name, triple) for name in dict.fromkeys(c for m in means for c in m["per_class"])]
+    rows_spec += [("macro avg", "macro_avg", triple), ("weighted avg", "weighted_avg", triple),
+                  ("accuracy", "accuracy", None), ("test loss", "loss", None)]
+    body = []
+    for title, key, kind in rows_spec:
+        if kind is triple:
+            ours = [cell for m in means for cell in triple(lookup(m, key))]
+            theirs = [cell for paper in papers for cell in triple(lookup(paper, key))]
+        else:
+            ours = [cell for m in means for cell in single(m, key)]
+            theirs = [cell for paper in papers for cell in single(paper, key)]
+        body.append([title, *ours])
+        if any(theirs):
+            body.append(["*study*", *theirs])
+    body.append(["accuracy: 95% CI (one run) / ± std over seeds",
+                 *(cell for c in configurations for cell in [*blank, _interval_or_spread(c)])])
+    body.append(["leak-free accuracy", *(cell for c in configurations
+                                         for cell in [*blank, _cell(_mean_or_none(c.values(LEAK_FREE)))])])
+    body.append(["runs (seeds)", *(cell for c in configurations for cell in
+                                   [*blank, f"{len(c.members)} ({c.seeds()})"])])
+    return _table(header, body)
+
+
+def _interval_or_spread(configuration: Configuration) -> str:
+    if len(configuration.members) == 1:
+        low, high = configuration.members[0].metrics["ci95"]["accuracy"]
+        return f"[{low:.4f}, {high:.4f}]"
+    return f"± {np.std(configuration.values('accuracy'), ddof=1):.4f}"
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _terminal_summary(
     groups: dict[str, list[Result]], summary: list[dict], unfinished: list[dict], metric: str,
+    configurations: list[Configuration],
 ) -> str:
     parts = [f"ranked by {metric}"]
     for name in groups:
         parts += [name, _summary_markdown([row for row in summary if row["group"] == name])]
+    if any(len(configuration.members) > 1 for configuration in configurations):
+        parts += ["configurations over seeds (mean ± std [min – max])", _configurations_markdown(configurations)]
     if unfinished:
         parts.append("not compared: " + "; ".join(
             f"{row['folder']} ({row['state']}, missing {row['missing']})" for row in unfinished))

@@ -139,7 +139,26 @@ def _classification_report(
             f"Cohen's kappa         {'undefined' if kappa is None else f'{kappa:.4f}'}\n"
             f"ECE (15 bins)         {metrics['ece']:.4f}\n"
             f"accuracy 95% CI       [{low:.4f}, {high:.4f}] "
-            f"(bootstrap, {ci['resamples']} resamples, seed {ci['seed']})\n")
+            f"(bootstrap, {ci['resamples']} resamples, seed {ci['seed']})\n"
+            + "".join(_subset_report(title, metrics[key], classes) for key, title in (
+                ("tta", "With horizontal-flip test-time augmentation, the mean of each image and its mirror"),
+                ("leak_free", "Leak-free subset, the test images without an exact or near duplicate in Training"),
+            ) if key in metrics))
+
+
+def _subset_report(title: str, metrics: dict, classes: Sequence[str]) -> str:
+    """The same figures for a variant of the evaluation (TTA, leak-free subset), from its metrics dict."""
+    width = max(len("weighted avg"), *map(len, classes))
+    head = f"{'':>{width}}  precision    recall  f1-score   support"
+    rows = [f"{name:>{width}}  {s['precision']:9.4f} {s['recall']:9.4f} {s['f1']:9.4f} {s['support']:9d}"
+            for name, s in metrics["per_class"].items()]
+    rows += [f"{label:>{width}}  {a['precision']:9.4f} {a['recall']:9.4f} {a['f1']:9.4f} {a['support']:9d}"
+             for label, a in (("macro avg", metrics["macro_avg"]), ("weighted avg", metrics["weighted_avg"]))]
+    low, high = metrics["ci95"]["accuracy"]
+    excluded = f"; {metrics['excluded']} test images with a Training twin left out" if "excluded" in metrics else ""
+    return (f"\n{title} ({metrics['n']} images{excluded})\n\n{head}\n\n" + "\n".join(rows) + "\n\n"
+            f"accuracy              {metrics['accuracy']:.4f}  95% CI [{low:.4f}, {high:.4f}]\n"
+            f"loss (cross-entropy)  {metrics['loss']:.4f}\n")
 
 
 def _check(condition: object, problem: str) -> None:
