@@ -20,39 +20,12 @@ import tensorflow as tf
 
 from braintumor.core.atomic import write_bytes
 from braintumor.core.backbones import BACKBONES
+from braintumor.models.build import float32_model
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 
 OVERLAY_ALPHA = 0.45  # heat map opacity over the scan
-
-
-def _float32_config(config):
-    """A model config with every dtype policy set to float32."""
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy":
-            return {**config, "config": {**config["config"], "name": "float32"}}
-        return {key: _float32_config(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_float32_config(value) for value in config]
-    return config
-
-
-def _layers(layer: keras.layers.Layer):
-    """The layer and, recursively, the layers inside it (nested models)."""
-    yield layer
-    for inner in getattr(layer, "layers", ()):
-        yield from _layers(inner)
-
-
-def float32_model(model: keras.Model) -> keras.Model:
-    """`model`, or, if it computes in mixed precision, a float32 copy with the same weights: gradients
-    in bfloat16 carry 8 bits and turn a heat map into blocks of equal values."""
-    if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
-        return model
-    copy = model.__class__.from_config(_float32_config(model.get_config()))
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 class GradCam:

@@ -144,3 +144,32 @@ def build_model(cfg: ModelConfig, image_size: int, num_classes: int) -> keras.Mo
         name="head",
     )
     return keras.Model(inputs, head(x), name=f"{cfg.backbone}_{cfg.mode.replace('-', '_')}")
+
+
+def _float32_config(config):
+    """A model config with every dtype policy set to float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def _layers(layer: keras.layers.Layer):
+    """The layer and, recursively, the layers inside it (nested models)."""
+    yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from _layers(inner)
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """`model`, or, if it computes in mixed precision, a float32 copy with the same weights (for Grad-CAM,
+    whose gradients would be too coarse in bfloat16, and for export: onnxruntime has no bfloat16 convolution)."""
+    if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
+        return model
+    copy = model.__class__.from_config(_float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())
+    copy(np.zeros((1, *model.inputs[0].shape[1:]), np.float32))  # ONNX export requires a model that was called
+    return copy
