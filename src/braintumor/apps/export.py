@@ -8,7 +8,7 @@ run trained in mixed precision (onnxruntime has no bfloat16 convolution).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -29,7 +29,12 @@ FORMATS = {
 
 def _check_dependencies(fmt: str) -> None:
     _, _, modules, extra = FORMATS[fmt]
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise UserError(f"--format {fmt} needs {', '.join(missing)}, which is not installed; "
                         f"install the extra: pip install 'braintumor[{extra}]'")
