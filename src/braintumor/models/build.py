@@ -157,17 +157,19 @@ def _float32_config(config):
     return config
 
 
-def _layers(layer: keras.layers.Layer):
-    """The layer and, recursively, the layers inside it (nested models)."""
-    yield layer
+def computing_layers(layer: keras.layers.Layer):
+    """The layers that compute, found recursively inside nested models (models and inputs take the
+    global dtype policy, but compute nothing themselves)."""
+    if not isinstance(layer, keras.Model | keras.layers.InputLayer):
+        yield layer
     for inner in getattr(layer, "layers", ()):
-        yield from _layers(inner)
+        yield from computing_layers(inner)
 
 
 def float32_model(model: keras.Model) -> keras.Model:
     """`model`, or, if it computes in mixed precision, a float32 copy with the same weights (for Grad-CAM,
     whose gradients would be too coarse in bfloat16, and for export: onnxruntime has no bfloat16 convolution)."""
-    if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
+    if all(layer.dtype_policy.name == "float32" for layer in computing_layers(model)):
         return model
     copy = model.__class__.from_config(_float32_config(model.get_config()))
     copy.set_weights(model.get_weights())
