@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from braintumor.core import rundir
 from braintumor.core.atomic import write_json
 from braintumor.core.errors import UserError, describe
@@ -67,6 +69,7 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
     _check_dependencies(fmt)
     keras_format, default_name, _, _ = FORMATS[fmt]
     model = float32_model(load_run_model(run_dir))
+    model(np.zeros((1, *model.inputs[0].shape[1:]), np.float32))  # the ONNX exporter needs a model that was called
     out = out or run_dir / "export" / fmt / default_name
     if out.exists():
         raise UserError(f"{out} already exists; remove it or choose another --out")

@@ -173,5 +173,4 @@ def float32_model(model: keras.Model) -> keras.Model:
         return model
     copy = model.__class__.from_config(_float32_config(model.get_config()))
     copy.set_weights(model.get_weights())
-    copy(np.zeros((1, *model.inputs[0].shape[1:]), np.float32))  # ONNX export requires a model that was called
     return copy
