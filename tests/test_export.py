@@ -25,6 +25,7 @@ def run_and_images(trained_run, synth_root, tmp_path_factory):
 
 def test_onnx_export_matches_model_keras_in_onnxruntime(run_and_images, capsys):
     ort = pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("tf2onnx", reason="needs the [export] extra")
     run, images, expected = run_and_images
     assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
     path = run / "export" / "onnx" / "model.onnx"
