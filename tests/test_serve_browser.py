@@ -1,6 +1,7 @@
 """The web demo in a real browser: Debian's headless Chromium driven by Selenium against `braintumor serve`.
 
-Set BRAINTUMOR_SCREENSHOT=PATH to keep the screenshot (the README's docs/serve.png comes from here).
+Set BRAINTUMOR_SCREENSHOT=PATH to keep the screenshot, and BRAINTUMOR_SCREENSHOT_RUN=RUN_DIR to serve a run of
+your own with the same classes (the README's docs/serve.png: the quickstart run).
 """
 
 from __future__ import annotations
@@ -57,10 +58,15 @@ def _wait_until_up(url: str, server: subprocess.Popen, seconds: float = 180) -> 
 
 
 @pytest.fixture
-def served(trained_run, tmp_path):
+def demo_run(trained_run) -> Path:
+    return Path(os.environ.get("BRAINTUMOR_SCREENSHOT_RUN") or trained_run)
+
+
+@pytest.fixture
+def served(demo_run, tmp_path):
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "braintumor.cli", "serve", "--run", str(trained_run),
+    server = subprocess.Popen([sys.executable, "-m", "braintumor.cli", "serve", "--run", str(demo_run),
                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=ENV)
     try:
         _wait_until_up(f"http://127.0.0.1:{port}/", server)
@@ -75,7 +81,7 @@ def served(trained_run, tmp_path):
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,820"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
     yield driver
@@ -102,10 +108,9 @@ def _predict_json(run: Path, image: Path) -> dict:
     return json.loads(done.stdout)[0]
 
 
-def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(trained_run, synth_root, served, browser,
-                                                                   tmp_path):
+def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, synth_root, served, browser, tmp_path):
     scan = synth_root / "Testing" / "pituitary_tumor" / "synth_0002.jpg"
-    expected = _predict_json(trained_run, scan)
+    expected = _predict_json(demo_run, scan)
     browser.get(served)
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
     assert "not a diagnosis" in browser.find_element(By.TAG_NAME, "body").text
@@ -127,4 +132,4 @@ def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(trained_run, 
     _clear(browser)
     other = synth_root / "Testing" / "glioma_tumor" / "synth_0001.jpg"
     _upload(browser, other)
-    assert f"Predicted {_predict_json(trained_run, other)['predicted']}" in _status(browser, "Predicted")
+    assert f"Predicted {_predict_json(demo_run, other)['predicted']}" in _status(browser, "Predicted")
