@@ -65,13 +65,12 @@ def example_files(run_dir: Path) -> list[Path]:
     return [path for name in classes if name in present for path in walk(test_dir / name)[0][:EXAMPLES_PER_CLASS]]
 
 
-def build_demo(run_dir: Path):
-    """The Gradio Blocks app for a run."""
+def build_demo(run_dir: Path, examples: list[Path]):
+    """The Gradio Blocks app for a run, with `examples` (image files) to pick from."""
     import gradio as gr
 
     run = load_run(run_dir)
     cam = GradCam(run.model, run.backbone)
-    examples = example_files(run_dir)
 
     def classify(upload: str | None):
         if not upload:
@@ -104,7 +103,7 @@ def build_demo(run_dir: Path):
                 heat = gr.Image(label="Grad-CAM (predicted class)", type="numpy", elem_id="gradcam",
                                 interactive=False)
         upload.change(classify, inputs=[upload], outputs=[label, heat, status])
-    return demo, [str(path.parent.parent) for path in examples[:1]]
+    return demo
 
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 7860) -> None:
@@ -112,7 +111,9 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 7860) -> None:
     if importlib.util.find_spec("gradio") is None:
         raise UserError("serve needs gradio, which is not installed; install the extra: pip install 'braintumor[demo]'")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a medical demo
-    demo, allowed = build_demo(run_dir)
+    examples = example_files(run_dir)
+    demo = build_demo(run_dir, examples)
+    allowed = sorted({str(path.parent) for path in examples})  # Gradio serves only files below allowed paths
     print(f"serving {run_dir} at http://{host}:{port} (Ctrl-C stops)", flush=True)
     try:
         demo.launch(server_name=host, server_port=port, allowed_paths=allowed, max_file_size=MAX_UPLOAD_BYTES,
