@@ -172,6 +172,27 @@ def _positive(text: str) -> int:
     return value
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from braintumor.apps import predict
+
+    predict.run_predict(
+        Path(args.run), [Path(p) for p in args.paths], as_json=args.json,
+        csv_path=Path(args.csv) if args.csv else None, gradcam_dir=Path(args.gradcam) if args.gradcam else None,
+        gradcam_class=args.gradcam_class, tta=args.tta, batch_size=args.batch_size)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from braintumor.apps import export
+
+    export.export_run(Path(args.run), args.format, out=Path(args.out) if args.out else None)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from braintumor.apps import serve
+
+    serve.serve(Path(args.run), host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="braintumor", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_HelpFormatter)
@@ -258,6 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--wait", action="store_true", help="block until the job array has finished")
     p.add_argument("--task", nargs=2, metavar=("SWEEP_DIR", "INDEX"), help=argparse.SUPPRESS)  # one array task
     p.set_defaults(func=_sweep)
+
+    p = add_command("predict", help="classify image files or folders with a trained run (optionally Grad-CAM)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a completed run folder made by braintumor train")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked for images)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
+    output.add_argument("--csv", metavar="FILE", help="also write the predictions with predictions.csv's columns")
+    p.add_argument("--gradcam", metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per image into OUT_DIR")
+    p.add_argument("--gradcam-class", metavar="NAME", help="explain this class instead of the predicted one")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per model call")
+    p.set_defaults(func=_predict)
+
+    p = add_command("export", help="export a run's model as ONNX, TensorFlow SavedModel or TFLite")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a completed run folder made by braintumor train")
+    p.add_argument("--format", required=True, choices=("onnx", "savedmodel", "tflite"),
+                   help="onnx (needs the [export] extra), savedmodel (TensorFlow Serving) or tflite")
+    p.add_argument("--out", metavar="PATH", help="the file (folder for savedmodel) to write "
+                   "(default: RUN_DIR/export/<format>/...)")
+    p.set_defaults(func=_export)
+
+    p = add_command("serve", help="web demo of a run: upload a scan, see probabilities and Grad-CAM")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a completed run folder made by braintumor train")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port to listen on")
+    p.set_defaults(func=_serve)
 
     data = add_command("data", help="data set tools: synth, audit, download",
                        description="Data set tools.").add_subparsers(dest="data_command", required=True,

@@ -13,11 +13,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from braintumor.core import rundir  # noqa: F401  (models registers the custom layers for loading)
+from braintumor.core import rundir
 from braintumor.core.config import Config, DataConfig, load_config
 from braintumor.core.errors import UserError, describe
 from braintumor.data.dataset import Dataset, Split, list_split, load_split
 from braintumor.data.twins import find_test_twins
+from braintumor.models import build  # noqa: F401  (registers the preprocessing layer of older runs, for loading)
 from braintumor.results import reports
 from braintumor.results.metrics import compute_metrics
 
@@ -82,7 +83,7 @@ def report_training_run(run_dir: Path, cfg: Config, data: Dataset, best_epoch: i
     return metrics
 
 
-def _run_config(run_dir: Path) -> tuple[Config, list[str]]:
+def run_config(run_dir: Path) -> tuple[Config, list[str]]:
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} not found; pass a folder made by braintumor train")
     return load_config(run_dir / "config.yaml"), rundir.read_json(run_dir / "data.json")["classes"]
@@ -91,7 +92,7 @@ def _run_config(run_dir: Path) -> tuple[Config, list[str]]:
 def evaluate_run(run_dir: Path, data_root: Path | None = None, split: str = "Testing", out_dir: Path | None = None,
                  tta: bool = False, leak_free: bool = False) -> Path:
     """`braintumor evaluate`: metrics of a run's saved model on one split; returns the output folder."""
-    cfg, classes = _run_config(run_dir)
+    cfg, classes = run_config(run_dir)
     if leak_free and split in (cfg.data.train_dir, "validation"):
         raise UserError(f"--leak-free compares a split with {cfg.data.train_dir}, so it does not apply to {split}; "
                         f"use it with --split {cfg.data.test_dir} or another held-out folder")

@@ -10,15 +10,38 @@ import os
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import ModelConfig
 from braintumor.core.errors import UserError, describe
 
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ImageNet channel means, subtracted after the RGB → BGR flip
+
+
+def preprocess_layer(backbone: str) -> keras.layers.Layer:
+    """The backbone's `preprocess_input` as one built-in Keras layer named "preprocess", so that a saved
+    model.keras loads in plain Keras (`safe_mode=True`, no braintumor import) and computes the same values.
+
+    float32 even under mixed precision: the subtraction of the caffe means must not round in bfloat16.
+    """
+    mode = BACKBONES[backbone].preprocess
+    if mode == "unit":
+        return keras.layers.Rescaling(1 / 255, name="preprocess", dtype="float32")
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess", dtype="float32")
+    # caffe: RGB → BGR, minus the means: a fixed linear map of each pixel, i.e. a frozen 1×1 convolution
+    layer = keras.layers.Conv2D(3, 1, name="preprocess", dtype="float32", trainable=False)
+    layer.build((None, None, None, 3))
+    flip = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)  # kernel[0, 0, in, out]: out c = in 2 - c
+    layer.set_weights([flip, -np.asarray(CAFFE_MEAN_BGR, np.float32)])
+    return layer
+
 
 @keras.saving.register_keras_serializable(package="braintumor")
 class BackbonePreprocess(keras.layers.Layer):
-    """The backbone's `preprocess_input` as a layer: saved with the model, loadable in safe mode."""
+    """The custom preprocessing layer of runs saved before `preprocess_layer`: registered only so those
+    model.keras files still load; new models never contain it."""
 
     def __init__(self, backbone: str, **kwargs):
         super().__init__(**kwargs)
@@ -110,7 +133,7 @@ def build_model(cfg: ModelConfig, image_size: int, num_classes: int) -> keras.Mo
     backbone = build_backbone(cfg, image_size)
     _freeze(backbone, cfg)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = BackbonePreprocess(cfg.backbone, name="preprocess")(inputs)
+    x = preprocess_layer(cfg.backbone)(inputs)
     # BatchNorm keeps its ImageNet statistics unless the whole backbone is retrained.
     x = backbone(x, training=False) if cfg.mode != "full" else backbone(x)
     pooling = keras.layers.GlobalAveragePooling2D if cfg.pooling == "avg" else keras.layers.GlobalMaxPooling2D
@@ -121,3 +144,33 @@ def build_model(cfg: ModelConfig, image_size: int, num_classes: int) -> keras.Mo
         name="head",
     )
     return keras.Model(inputs, head(x), name=f"{cfg.backbone}_{cfg.mode.replace('-', '_')}")
+
+
+def _float32_config(config):
+    """A model config with every dtype policy set to float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def computing_layers(layer: keras.layers.Layer):
+    """The layers that compute, found recursively inside nested models (models and inputs take the
+    global dtype policy, but compute nothing themselves)."""
+    if not isinstance(layer, keras.Model | keras.layers.InputLayer):
+        yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from computing_layers(inner)
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """`model`, or, if it computes in mixed precision, a float32 copy with the same weights (for Grad-CAM,
+    whose gradients would be too coarse in bfloat16, and for export: onnxruntime has no bfloat16 convolution)."""
+    if all(layer.dtype_policy.name == "float32" for layer in computing_layers(model)):
+        return model
+    copy = model.__class__.from_config(_float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy

@@ -1,0 +1,205 @@
+"""`braintumor predict`: classify image files or folders with a trained run's model.
+
+Each file goes through the run's own decoding and preprocessing (`data.decode.decode_image` at the
+run's image size with its `data.preprocess`, the same function training and evaluate use), then
+through model.keras, whose first layer applies the backbone's preprocessing. A thread pool decodes
+the next batches while the model predicts the current one.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm import tqdm
+
+from braintumor.core.atomic import atomic_output
+from braintumor.core.errors import UserError, describe
+from braintumor.data.decode import decode_image
+from braintumor.data.files import walk
+from braintumor.engine.evaluate import PREDICT_BATCH, load_run_model, run_config
+from braintumor.results.reports import PREDICTION_COLUMNS, write_csv
+
+
+@dataclass
+class RunModel:
+    """What predicting with a run needs: its model, class order and input decoding."""
+
+    run_dir: Path
+    model: keras.Model
+    classes: list[str]
+    image_size: int
+    preprocess: list[str]
+    backbone: str
+
+    def decode(self, path: Path) -> np.ndarray:
+        return decode_image(path, self.image_size, self.preprocess)
+
+
+def load_run(run_dir: Path) -> RunModel:
+    cfg, classes = run_config(run_dir)
+    return RunModel(run_dir, load_run_model(run_dir), classes, cfg.data.image_size, list(cfg.data.preprocess),
+                    cfg.model.backbone)
+
+
+@dataclass
+class Prediction:
+    file: str
+    probabilities: np.ndarray  # in the run's class order
+
+    def as_dict(self, classes: list[str]) -> dict:
+        return {"file": self.file, "predicted": classes[int(self.probabilities.argmax())],
+                "probabilities": {name: float(p) for name, p in zip(classes, self.probabilities, strict=True)}}
+
+
+def expand_paths(paths: list[Path]) -> tuple[list[Path], list[dict]]:
+    """Files to classify: each PATH that is a file, and the image files below each folder (the package's
+    one folder walker); missing paths are returned as skipped."""
+    files, missing = [], []
+    for path in paths:
+        if path.is_dir():
+            files += walk(path)[0]
+        elif path.exists():
+            files.append(path)
+        else:
+            missing.append({"file": str(path), "reason": "no such file or folder"})
+    return files, missing
+
+
+def decoded_batches(run: RunModel, files: list[Path], batch_size: int,
+                    skipped: list[dict]) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Batches of (files, uint8 images), decoded by a thread pool a few batches ahead of the caller; a
+    file that fails to decode is appended to `skipped` with the reason and left out."""
+    ahead = 2 * batch_size + (os.cpu_count() or 1)  # bounded, so a large folder is not held in memory
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        pending: collections.deque = collections.deque()
+        queue = iter(files)
+        batch_files, batch_images = [], []
+        while True:
+            while len(pending) < ahead and (path := next(queue, None)) is not None:
+                pending.append((path, pool.submit(run.decode, path)))
+            if not pending:
+                break
+            path, future = pending.popleft()
+            try:
+                batch_images.append(future.result())
+                batch_files.append(path)
+            except Exception as err:  # noqa: BLE001  (a hostile file raises anything from PIL; skip it, say why)
+                skipped.append({"file": str(path), "reason": f"{type(err).__name__}: {describe(err)}"})
+            if len(batch_files) == batch_size:
+                yield batch_files, np.stack(batch_images)
+                batch_files, batch_images = [], []
+        if batch_files:
+            yield batch_files, np.stack(batch_images)
+
+
+def predict_batch(model: keras.Model, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """(N, C) float64 probabilities; with `tta`, the mean over the image and its horizontal flip (as evaluate)."""
+    probs = np.asarray(model.predict_on_batch(images.astype(np.float32)), np.float64)
+    if tta:
+        probs = (probs + np.asarray(model.predict_on_batch(images[:, :, ::-1].astype(np.float32)), np.float64)) / 2
+    return probs
+
+
+def _gradcam_names(files: list[Path], roots: list[Path]) -> dict[Path, str]:
+    """A PNG name per file: its path below the PATH argument it came from, unique."""
+    names, taken = {}, set()
+    for file in files:
+        base = next((file.relative_to(root) for root in roots if root.is_dir() and file.is_relative_to(root)),
+                    Path(file.name))
+        name, n = base.with_suffix(".png").as_posix(), 1
+        while name in taken:
+            n += 1
+            name = base.with_name(f"{base.stem}-{n}.png").as_posix()
+        taken.add(name)
+        names[file] = name
+    return names
+
+
+def predict_paths(run_dir: Path, paths: list[Path], batch_size: int = PREDICT_BATCH, tta: bool = False,
+                  gradcam_dir: Path | None = None, gradcam_class: str | None = None,
+                  ) -> tuple[list[Prediction], list[dict], list[str]]:
+    """Predictions for the readable files, the skipped files with reasons, and the class order."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} is not positive; give a batch size of 1 or more")
+    run = load_run(run_dir)
+    if gradcam_class is not None and gradcam_class not in run.classes:
+        raise UserError(f"--gradcam-class {gradcam_class!r} is not a class of this run; "
+                        f"use one of: {', '.join(run.classes)}")
+    files, skipped = expand_paths(paths)
+    cam = names = None
+    if gradcam_dir is not None:
+        from braintumor.apps.gradcam import GradCam
+
+        cam, names = GradCam(run.model, run.backbone), _gradcam_names(files, paths)
+    predictions = []
+    with tqdm(total=len(files), desc="predicting", unit="img", leave=False, disable=len(files) < 2 * batch_size) as bar:
+        for batch_files, images in decoded_batches(run, files, batch_size, skipped):
+            probs = predict_batch(run.model, images, tta)
+            predictions += [Prediction(str(f), p) for f, p in zip(batch_files, probs, strict=True)]
+            if cam is not None:
+                _write_gradcams(cam, run, images, probs, [gradcam_dir / names[f] for f in batch_files], gradcam_class)
+            bar.update(len(batch_files))
+    return predictions, skipped, run.classes
+
+
+def _write_gradcams(cam, run: RunModel, images: np.ndarray, probs: np.ndarray, dests: list[Path],
+                    gradcam_class: str | None) -> None:
+    from braintumor.apps.gradcam import write_png
+
+    explained = (np.full(len(images), run.classes.index(gradcam_class)) if gradcam_class is not None
+                 else probs.argmax(axis=1))
+    heatmaps, _ = cam(images, explained)
+    for dest, image, heatmap, p, k in zip(dests, images, heatmaps, probs, explained, strict=True):
+        predicted = int(p.argmax())
+        title = f"{run.classes[predicted]} {p[predicted]:.2f}"
+        if k != predicted:
+            title += f" (map explains {run.classes[k]} {p[k]:.2f})"
+        write_png(dest, image, heatmap, title)
+
+
+def _true_label(file: str, classes: list[str]) -> str:
+    """The class a file's folder names (as in ROOT/<split>/<class>/), or "" if its folder is no class."""
+    parent = Path(file).parent.name
+    return parent if parent in classes else ""
+
+
+def write_predictions_csv(path: Path, predictions: list[Prediction], classes: list[str]) -> None:
+    """predictions.csv's columns; `true` is the file's class folder where it is one of the classes."""
+    with atomic_output(path) as tmp:
+        write_csv(tmp, [*PREDICTION_COLUMNS, *(f"p_{name}" for name in classes)], (
+            [p.file, _true_label(p.file, classes), classes[int(p.probabilities.argmax())], *p.probabilities.tolist()]
+            for p in predictions))
+
+
+def run_predict(run_dir: Path, paths: list[Path], as_json: bool = False, csv_path: Path | None = None,
+                gradcam_dir: Path | None = None, gradcam_class: str | None = None, tta: bool = False,
+                batch_size: int = PREDICT_BATCH) -> None:
+    """`braintumor predict`: results on stdout (lines or JSON), skipped files on stderr."""
+    predictions, skipped, classes = predict_paths(run_dir, paths, batch_size, tta, gradcam_dir, gradcam_class)
+    for item in skipped:
+        print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
+    if not predictions:
+        raise UserError(f"none of the {len(skipped)} file(s) could be read as an image; "
+                        "pass image files (.jpg .jpeg .png .bmp) or folders holding them")
+    if csv_path is not None:
+        write_predictions_csv(csv_path, predictions, classes)
+    if as_json:
+        print(json.dumps([p.as_dict(classes) for p in predictions], indent=1))
+    else:
+        for p in predictions:
+            ranked = sorted(zip(classes, p.probabilities, strict=True), key=lambda kv: -kv[1])
+            others = ", ".join(f"{name} {prob:.3f}" for name, prob in ranked[1:])
+            print(f"{p.file}  {ranked[0][0]} {ranked[0][1]:.3f}  ({others})")
+    if csv_path is not None:
+        print(f"wrote {csv_path}", file=sys.stderr)
+    if gradcam_dir is not None:
+        print(f"wrote {len(predictions)} Grad-CAM image(s) to {gradcam_dir}", file=sys.stderr)

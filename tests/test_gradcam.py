@@ -1,0 +1,89 @@
+"""Grad-CAM: maps for every backbone and mode, mixed precision, localisation, and the --gradcam PNGs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from braintumor.apps.gradcam import GradCam
+from braintumor.cli import main
+from braintumor.core.config import ModelConfig
+from braintumor.models.build import build_model, computing_layers
+
+# the smallest sizes where the target layer's map is at least 2 × 2 (a 1 × 1 map upsamples to a constant)
+SIZES = {"vgg16": 32, "resnet50": 64, "inceptionv3": 107, "simple_cnn": 32}
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    yield
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
+def _images(size: int, n: int = 2) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.uint8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["feature-extraction", "fine-tune", "full"])
+@pytest.mark.parametrize("backbone", list(SIZES))
+def test_each_backbone_and_mode_gives_a_map_of_the_image_size_that_is_not_constant(backbone, mode):
+    size = SIZES[backbone]
+    model = build_model(ModelConfig(backbone=backbone, weights="none", mode=mode), size, 4)
+    maps, probs = GradCam(model, backbone)(_images(size))
+    assert maps.shape == (2, size, size) and maps.dtype == np.float32
+    assert np.allclose(probs, model.predict(_images(size).astype(np.float32), verbose=0), atol=1e-5)
+    for heatmap in maps:
+        assert heatmap.max() == pytest.approx(1.0) and heatmap.min() >= 0 and heatmap.std() > 0.01
+
+
+def test_a_mixed_precision_model_is_explained_in_float32():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    model = build_model(ModelConfig(backbone="simple_cnn", weights="none", mode="full"), 32, 4)
+    cam = GradCam(model, "simple_cnn")
+    assert {layer.dtype_policy.name for layer in computing_layers(cam.backbone)} == {"float32"}
+    maps, _ = cam(_images(32))
+    assert maps.shape == (2, 32, 32) and len(np.unique(maps[0])) > 50  # bfloat16 gradients would give few levels
+
+
+def _blob_images(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noise; half the images (class 1) have a bright blob in a random quadrant. Returns images, labels, quadrants."""
+    images = rng.normal(60, 20, (n, size, size)).clip(0, 255)
+    labels, quadrants = np.arange(n) % 2, rng.integers(0, 4, n)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for image, label, quadrant in zip(images, labels, quadrants, strict=True):
+        if label:
+            cy = rng.integers(5, size // 2 - 5) + (size // 2) * (quadrant // 2)
+            cx = rng.integers(5, size // 2 - 5) + (size // 2) * (quadrant % 2)
+            image += 180 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8)
+    return np.repeat(images.clip(0, 255)[..., None], 3, axis=3).astype(np.uint8), labels, quadrants
+
+
+def test_the_maps_peak_lies_in_the_quadrant_of_the_blob_that_decides_the_class():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images, labels, _ = _blob_images(rng, 256)
+    model = build_model(ModelConfig(backbone="simple_cnn", weights="none", mode="full", dropout=0.0), 32, 2)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(images.astype(np.float32), labels, batch_size=32, epochs=6, verbose=0)
+    test, test_labels, quadrants = _blob_images(rng, 40)
+    blob = test_labels == 1
+    maps, probs = GradCam(model, "simple_cnn")(test[blob], np.ones(blob.sum(), int))
+    assert (probs.argmax(axis=1) == 1).mean() >= 0.9  # the model learnt the task
+    peaks = [np.unravel_index(m.argmax(), m.shape) for m in maps]
+    found = np.array([(y >= 16) * 2 + (x >= 16) for y, x in peaks])
+    assert (found == quadrants[blob]).mean() >= 0.9
+
+
+def test_predict_gradcam_writes_a_titled_png_per_image(trained_run, synth_root, tmp_path, capsys):
+    out = tmp_path / "cams"
+    folder = synth_root / "Testing" / "pituitary_tumor"
+    assert main(["predict", "--run", str(trained_run), str(folder), "--gradcam", str(out),
+                 "--gradcam-class", "no_tumor"]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.stem for p in pngs] == sorted(p.stem for p in folder.glob("*.jpg"))
+    with Image.open(pngs[0]) as png:
+        assert png.format == "PNG" and png.size[0] > png.size[1] > 200
+    assert "wrote 6 Grad-CAM image(s)" in capsys.readouterr().err

@@ -1,0 +1,127 @@
+"""`braintumor predict`, and a model.keras that plain Keras loads (and old runs that still load)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from braintumor.cli import main
+from braintumor.core.backbones import BACKBONES
+from braintumor.core.config import ModelConfig
+from braintumor.data.decode import decode_image
+from braintumor.engine.evaluate import load_run_model
+from braintumor.models.build import BackbonePreprocess, build_model, preprocess_layer
+from braintumor.results.reports import read_predictions
+
+
+def _predict_json(capsys, *args: str) -> list[dict]:
+    assert main(["predict", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_predict_json_agrees_with_the_runs_predictions_csv(trained_run, synth_root, capsys):
+    files, _, probs, classes = read_predictions(trained_run / "predictions.csv")
+    result = _predict_json(capsys, "--run", str(trained_run), str(synth_root / "Testing"), "--batch-size", "5")
+    assert [Path(r["file"]).relative_to(synth_root).as_posix() for r in result] == files
+    for row, expected in zip(result, probs, strict=True):
+        assert row["predicted"] == classes[int(expected.argmax())]
+        assert list(row["probabilities"]) == classes
+        assert np.allclose(list(row["probabilities"].values()), expected, atol=1e-5)
+
+
+def test_unreadable_files_are_reported_and_skipped_exit_2_only_when_nothing_reads(trained_run, synth_root, tmp_path,
+                                                                                 capsys):
+    good = synth_root / "Testing" / "no_tumor" / "synth_0000.jpg"
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:300])
+    result = _predict_json(capsys, "--run", str(trained_run), str(good), str(text), str(truncated),
+                           str(tmp_path / "missing.png"))
+    assert [r["file"] for r in result] == [str(good)]
+    capsys.readouterr()
+    assert main(["predict", "--run", str(trained_run), str(good), str(text), str(truncated)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {text}" in err and f"skipped {truncated}" in err
+    assert main(["predict", "--run", str(trained_run), str(text), str(tmp_path / "missing.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "none of the 2 file(s) could be read" in err
+
+
+def test_csv_has_the_columns_of_predictions_csv(trained_run, synth_root, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    folder = synth_root / "Testing" / "meningioma_tumor"
+    assert main(["predict", "--run", str(trained_run), str(folder), "--csv", str(out)]) == 0
+    files, y_true, probs, classes = read_predictions(out)  # the reader of predictions.csv accepts it
+    assert files == [str(p) for p in sorted(folder.glob("*.jpg"))]
+    assert set(y_true) == {classes.index("meningioma_tumor")}  # `true` from the class folder
+    assert (trained_run / "predictions.csv").read_text().splitlines()[0] == out.read_text().splitlines()[0]
+
+
+def test_tta_averages_the_flipped_image_like_evaluate(trained_run, synth_root, capsys):
+    image = synth_root / "Testing" / "glioma_tumor" / "synth_0003.jpg"
+    (plain,) = _predict_json(capsys, "--run", str(trained_run), str(image))
+    (tta,) = _predict_json(capsys, "--run", str(trained_run), str(image), "--tta")
+    model = load_run_model(trained_run)
+    decoded = decode_image(image, 32, [])[None].astype(np.float32)
+    flipped = model.predict(decoded[:, :, ::-1], verbose=0)[0]
+    expected = (np.array(list(plain["probabilities"].values())) + flipped) / 2
+    assert np.allclose(list(tta["probabilities"].values()), expected, atol=1e-5)
+
+
+def test_bad_arguments_fail_in_one_line(trained_run, synth_root, capsys):
+    image = str(synth_root / "Testing" / "glioma_tumor" / "synth_0000.jpg")
+    assert main(["predict", "--run", str(trained_run), image, "--gradcam-class", "nope", "--gradcam", "x"]) == 2
+    assert "use one of: glioma_tumor" in capsys.readouterr().err
+    assert main(["predict", "--run", str(trained_run), image, "--batch-size", "0"]) == 2
+    assert main(["predict", "--run", str(trained_run) + "-missing", image]) == 2
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_preprocess_layer_equals_keras_applications_preprocess_input(name):
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    module = BACKBONES[name].preprocess_module
+    expected = getattr(keras.applications, module).preprocess_input(images.copy()) if module else images / 255
+    assert np.allclose(np.asarray(preprocess_layer(name)(images)), expected, atol=1e-4)
+
+
+PLAIN_KERAS = """
+import sys, keras, numpy as np
+model = keras.models.load_model(sys.argv[1], safe_mode=True)
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+assert not any(name.startswith("braintumor") for name in sys.modules), "braintumor was imported"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("vgg16", 32), ("inceptionv3", 75), ("simple_cnn", 32)])
+def test_saved_model_loads_in_plain_keras_with_the_same_probabilities(name, size, tmp_path):
+    model = build_model(ModelConfig(backbone=name, weights="none", mode="full"), size, 4)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    images = np.random.default_rng(1).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", images)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no way to import our package
+    subprocess.run([sys.executable, "-c", PLAIN_KERAS, str(path), str(tmp_path / "x.npy"), str(tmp_path / "p.npy")],
+                   check=True, env=env, cwd=tmp_path, capture_output=True)
+    assert np.allclose(np.load(tmp_path / "p.npy"), model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_runs_saved_with_the_old_custom_preprocessing_layer_still_load(tmp_path):
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = BackbonePreprocess("vgg16", name="preprocess")(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    old = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
+    (tmp_path / "run").mkdir()
+    old.save(tmp_path / "run" / "model.keras")
+    images = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    loaded = load_run_model(tmp_path / "run")
+    assert np.allclose(loaded.predict(images, verbose=0), old.predict(images, verbose=0), atol=1e-6)
