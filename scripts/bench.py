@@ -77,7 +77,7 @@ class Plan:
 
 QUICK = Plan("quick", feature_size=64, feature_every=3, feature_epochs=30, load_size=224, pipeline_size=64,
              pipeline_every=2, pipeline_epochs=4, speed_size=128, speed_steps=5, prefix_sizes=(128, 224),
-             prefix_every=16, prefix_steps=3, e2e_every=16, e2e_epochs=4)
+             prefix_every=32, prefix_steps=3, e2e_every=16, e2e_epochs=3)
 FULL = Plan("full", feature_size=128, feature_every=1, feature_epochs=30, load_size=224, pipeline_size=128,
             pipeline_every=1, pipeline_epochs=4, speed_size=224, speed_steps=8, prefix_sizes=(128, 224),
             prefix_every=4, prefix_steps=6, e2e_every=4, e2e_epochs=5)
