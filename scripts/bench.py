@@ -26,6 +26,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -114,11 +115,17 @@ def _fresh(function, *args):
 
 
 def _timed_run(cfg: Config) -> tuple[float, Path, str]:
-    """`braintumor train` in this process: wall seconds, run directory, what it printed."""
+    """`braintumor train` in this process: wall seconds, run directory, what it printed and logged."""
     log = io.StringIO()
+    handler, logger = logging.StreamHandler(log), logging.getLogger("braintumor")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     start = time.perf_counter()
-    with contextlib.redirect_stdout(log):
-        run_dir = train.run(cfg)
+    try:
+        with contextlib.redirect_stdout(log):
+            run_dir = train.run(cfg)
+    finally:
+        logger.removeHandler(handler)
     return time.perf_counter() - start, run_dir, log.getvalue()
 
 
@@ -155,8 +162,8 @@ def feature_cache(plan: Plan, source: Path, work: Path) -> dict:
     _say(f"    {cached_s:.1f} s; cached run again (feature cache warm) ...")
     warm_s, warm_dir, warm_log = _fresh(_timed_run, cached_cfg)
     _say(f"    {warm_s:.1f} s")
-    assert "feature cache: off" in naive_log and "feature cache: miss" in cached_log, "unexpected cache path"
-    assert "feature cache: miss" not in warm_log, "the warm run missed the feature cache"
+    assert "prefix cache: off" in naive_log and "prefix cache: miss" in cached_log, "unexpected cache path"
+    assert "prefix cache: miss" not in warm_log, "the warm run missed the feature cache"
     return {"train": len(dataset.train.files), "val": len(dataset.val.files), "test": len(dataset.test.files),
             "naive_s": naive_s, "cached_s": cached_s, "warm_s": warm_s,
             "accuracy": [_accuracy(naive_dir), _accuracy(cached_dir), _accuracy(warm_dir)],
