@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -442,6 +443,8 @@ def _prefix_section(plan: Plan, prefix: dict, e2e: dict, load: tuple[float, floa
         lines.append(f"| {backbone} | {size} px | {t['boundary']} | {t['step_s']['naive']:.2f} s | "
                      f"{t['step_s']['cached']:.3f} s | {naive:.0f} s | {cached:.0f} s | **{naive / cached:.1f}x** | "
                      f">= {targets[backbone]}x |")
+    if STUDY_SIZE not in plan.prefix_sizes:
+        return "\n".join(lines + [""])
     lines += ["", f"### The study's nine experiments at {STUDY_SIZE} px, {STUDY_EPOCHS} epochs (projected)", "",
               "Projected from the 224 px measurements above: epochs x (training + validation steps); braintumor's "
               "II includes building the cache once (training + validation images, at the measured build rate); "
@@ -454,8 +457,9 @@ def _prefix_section(plan: Plan, prefix: dict, e2e: dict, load: tuple[float, floa
     lines += [f"| **total** | **{_hours(total_naive)}** | **{_hours(total_ours)}** | "
               f"**{total_naive / total_ours:.1f}x** |", "", f"### Cache size on disk at {STUDY_SIZE} px", "",
               "Measured bytes per image of the cache file built above (compute dtype), times the study's training "
-              "(with offline copies) and validation images.", "", "| backbone | boundary | dtype | per image | "
-              "training + validation cache |", "|---|---|---|---|---|"]
+              "(with offline copies) and validation images.", "",
+              "| backbone | boundary | precision policy | per image | training + validation cache |",
+              "|---|---|---|---|---|"]
     for backbone in BACKBONES:
         t = prefix["timings"][backbone, STUDY_SIZE]
         total = t["cache_bytes_per_image"] * (round(train_n * t["augmented_factor"]) + val_n)
@@ -569,16 +573,23 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown report to write")
     parser.add_argument("--only", choices=["all", "prefix"], default="all",
                         help="prefix: only figures 6 and 7 (issue 12), replacing their section of the report")
+    parser.add_argument("--prefix-sizes", help="figure 6's image sizes, comma-separated (default: 128,224); "
+                        "the study tables need 224, figure 7 runs where 128 is among them")
+    parser.add_argument("--prefix-steps", type=int, help="figure 6's timed rounds (default: the plan's)")
     args = parser.parse_args()
     source = Path(args.data).resolve()
     if not (source / "Training").is_dir():
         sys.exit(f"data set not found at {source}; pass --data PATH (a folder with Training/ and Testing/)")
     plan = QUICK if args.quick else FULL
+    if args.prefix_sizes:
+        plan = dataclasses.replace(plan, prefix_sizes=tuple(int(size) for size in args.prefix_sizes.split(",")))
+    if args.prefix_steps:
+        plan = dataclasses.replace(plan, prefix_steps=args.prefix_steps)
     start, load_before = time.perf_counter(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="braintumor-bench-"))
     try:
         prefix = prefix_speed(plan, source, work)
-        e2e = end_to_end(plan, source, work)
+        e2e = end_to_end(plan, source, work) if 128 in plan.prefix_sizes else None
     finally:
         if args.only == "prefix":
             shutil.rmtree(work, ignore_errors=True)
