@@ -135,7 +135,7 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict,
     try:
         # what fit trains and checkpoints: the whole model, or the part after a cached prefix (sharing its weights)
         where = prefix_cache.split(cfg, model)
-        fit_model = where.suffix or model
+        fit_model = model if where.suffix is None else where.suffix
         xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
         if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
             fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
