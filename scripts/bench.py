@@ -7,13 +7,17 @@
    model.fit on in-memory arrays with the same model, batch and validation data;
 4. training images/s, float32 vs mixed_bfloat16, for VGG16, ResNet50, InceptionV3;
 5. (extra) training images/s, XLA on vs off;
-6. `braintumor predict` images/s on a folder of real images vs bare model.predict on the decoded arrays.
+6. (issue 12) fine-tune epochs with offline augmentation, naive vs prefix-cached, per backbone at 128 and 224 px,
+   projected from interleaved step timings; the study's nine experiments at 224 px, 20 epochs; cache size on disk;
+7. (issue 12) `braintumor train` end to end, naive vs prefix-cached, at 128 px, vs the projection.
+8. `braintumor predict` images/s on a folder of real images vs bare model.predict on the decoded arrays.
 
 Prints a table and writes BENCHMARKS.md. Everything runs through the package's own functions; weights are
 `none` (no download; speed does not depend on weight values).
 
     python scripts/bench.py --quick      # under 10 minutes on a 2-core CPU
     python scripts/bench.py              # full settings: all images, 128 px for (1) and (3), 224 px for (4)
+    python scripts/bench.py --quick --only prefix   # (6) and (7) alone, replacing their section of BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -42,9 +48,10 @@ import numpy as np
 import sklearn
 import tensorflow as tf
 
+from braintumor.core.atomic import write_text
 from braintumor.core.config import Config, load_config
 from braintumor.data import dataset as data
-from braintumor.engine import runtime, train
+from braintumor.engine import prefix_cache, runtime, train
 from braintumor.models.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +71,21 @@ class Plan:
     pipeline_epochs: int  # (3) at least 2: the first epoch (tracing) is not timed
     speed_size: int  # (4) and (5)
     speed_steps: int  # (4) and (5) timed training steps, after two untimed ones
+    prefix_sizes: tuple[int, ...]  # (6) image sizes of the naive vs prefix-cached fine-tune epochs (224: the study)
+    prefix_every: int  # (6) every n-th image: the images that the cache is built from and batches drawn from
+    prefix_steps: int  # (6) timed steps of each kind, in turn, after one untimed one
+    e2e_every: int  # (7) every n-th image for the end-to-end runs
+    e2e_epochs: int  # (7)
 
 
 QUICK = Plan("quick", feature_size=64, feature_every=3, feature_epochs=30, load_size=224, pipeline_size=64,
-             pipeline_every=2, pipeline_epochs=4, speed_size=128, speed_steps=5)
+             pipeline_every=2, pipeline_epochs=4, speed_size=128, speed_steps=5, prefix_sizes=(128, 224),
+             prefix_every=32, prefix_steps=3, e2e_every=16, e2e_epochs=3)
 FULL = Plan("full", feature_size=128, feature_every=1, feature_epochs=30, load_size=224, pipeline_size=128,
-            pipeline_every=1, pipeline_epochs=4, speed_size=224, speed_steps=8)
+            pipeline_every=1, pipeline_epochs=4, speed_size=224, speed_steps=8, prefix_sizes=(128, 224),
+            prefix_every=4, prefix_steps=6, e2e_every=4, e2e_epochs=5)
+STUDY_SIZE, STUDY_EPOCHS = 224, 20
+FINE_TUNE_CONFIGS = {"vgg16": "vgg16_adam", "resnet50": "resnet50_adam", "inceptionv3": "inception_adam"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -101,11 +117,17 @@ def _fresh(function, *args):
 
 
 def _timed_run(cfg: Config) -> tuple[float, Path, str]:
-    """`braintumor train` in this process: wall seconds, run directory, what it printed."""
+    """`braintumor train` in this process: wall seconds, run directory, what it printed and logged."""
     log = io.StringIO()
+    handler, logger = logging.StreamHandler(log), logging.getLogger("braintumor")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     start = time.perf_counter()
-    with contextlib.redirect_stdout(log):
-        run_dir = train.run(cfg)
+    try:
+        with contextlib.redirect_stdout(log):
+            run_dir = train.run(cfg)
+    finally:
+        logger.removeHandler(handler)
     return time.perf_counter() - start, run_dir, log.getvalue()
 
 
@@ -142,8 +164,8 @@ def feature_cache(plan: Plan, source: Path, work: Path) -> dict:
     _say(f"    {cached_s:.1f} s; cached run again (feature cache warm) ...")
     warm_s, warm_dir, warm_log = _fresh(_timed_run, cached_cfg)
     _say(f"    {warm_s:.1f} s")
-    assert "feature cache: off" in naive_log and "feature cache: miss" in cached_log, "unexpected cache path"
-    assert "feature cache: miss" not in warm_log, "the warm run missed the feature cache"
+    assert "prefix cache: off" in naive_log and "prefix cache: miss" in cached_log, "unexpected cache path"
+    assert "prefix cache: miss" not in warm_log, "the warm run missed the feature cache"
     return {"train": len(dataset.train.files), "val": len(dataset.val.files), "test": len(dataset.test.files),
             "naive_s": naive_s, "cached_s": cached_s, "warm_s": warm_s,
             "accuracy": [_accuracy(naive_dir), _accuracy(cached_dir), _accuracy(warm_dir)],
@@ -250,7 +272,7 @@ def _paired_rates(cfgs: list[tuple[Config, bool]], images: np.ndarray, labels: n
     batch = cfgs[0][0].train.batch_size
     x, y = images[:batch].astype(np.float32), labels[:batch]
     spent: list[list[float]] = [[] for _ in models]
-    for _ in range(steps + 2):
+    for _ in range(steps + 1):
         for model, times in zip(models, spent, strict=True):
             start = time.perf_counter()
             model.train_on_batch(x, y)
@@ -319,11 +341,199 @@ def predict_throughput(plan: Plan, source: Path, work: Path) -> tuple[str, str, 
     cli_rate = len(files) / float(np.median([c for c, _ in timings]))
     bare_rate = len(files) / float(np.median([b for _, b in timings]))
     _say(f"    {cli_rate:.1f} vs {bare_rate:.1f} images/s")
-    return ("6. braintumor predict on a folder vs bare model.predict",
+    return ("8. braintumor predict on a folder vs bare model.predict",
             f"vgg16 (weights none, float32), {plan.speed_size} px, batch {batch}, {len(files)} Testing JPEG files "
             f"(decoded by {os.cpu_count()} threads while the model predicts) vs the same images pre-decoded in "
             f"memory; median of 3 in turn: {cli_rate:.1f} vs {bare_rate:.1f} images/s",
             f"{cli_rate / bare_rate:.2f}", ">= 0.8")
+
+
+def _prefix_timing(backbone: str, size: int, root: Path, work: Path, steps: int) -> dict:
+    """(6) one backbone's fine-tune config (offline augmentation) at `size`: build the prefix cache over the
+    training images of `root`, then time, in turn, a training step of the whole model on images (naive), of the
+    suffix on cached prefix outputs read from the memory-mapped file (cached), of the full-mode model (at the study's
+    size only), and a validation (predict) step of each; medians after one untimed round (tracing)."""
+    precision = runtime.resolve_precision("auto")[0]
+    cfg = _config(FINE_TUNE_CONFIGS[backbone], work, root, size, f"train.precision={precision}")
+    dataset = data.load_dataset(cfg)
+    images, labels = train._training_arrays(cfg, dataset)
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_dtype_policy(precision)
+    model = build_model(cfg.model, size, len(dataset.classes))
+    where = prefix_cache.split(cfg, model)
+    cache_dir = work / f"prefix-cache-{backbone}-{size}"
+    start = time.perf_counter()
+    cached = prefix_cache.cached_outputs(where, images, cache_dir, "training")
+    build_s = time.perf_counter() - start
+    (cache_file,) = cache_dir.glob("prefix-*.npy")
+    full_cfg = _config(FINE_TUNE_CONFIGS[backbone], work, root, size, f"train.precision={precision}", "model.mode=full")
+    full = build_model(full_cfg.model, size, len(dataset.classes)) if size == STUDY_SIZE else None
+    for fit_model in filter(None, (model, where.suffix, full)):
+        fit_model.compile(optimizer=train.make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+    batch = cfg.train.batch_size
+
+    def pixels(index):
+        return images[index].astype(np.float32)
+
+    def outputs(index):  # what the cached fit's input pipeline does: read a batch from the memory-mapped file
+        return cached[index].astype(np.float32)
+
+    kinds = {"naive": lambda i: model.train_on_batch(pixels(i), labels[i]),
+             "cached": lambda i: where.suffix.train_on_batch(outputs(i), labels[i]),
+             "naive_val": lambda i: model.predict_on_batch(pixels(i)),
+             "cached_val": lambda i: where.suffix.predict_on_batch(outputs(i))}
+    if full:
+        kinds["full"] = lambda i: full.train_on_batch(pixels(i), labels[i])
+    spent: dict[str, list[float]] = {kind: [] for kind in kinds}
+    rng = np.random.default_rng(0)
+    for _ in range(steps + 1):
+        index = np.sort(rng.choice(len(images), batch, replace=False))
+        for kind, step in kinds.items():
+            start = time.perf_counter()
+            step(index)
+            spent[kind].append(time.perf_counter() - start)
+    return {"step_s": {kind: float(np.median(times[1:])) for kind, times in spent.items()},
+            "build_images_per_s": len(images) / build_s, "build_s": build_s, "built_images": len(images),
+            "cache_bytes_per_image": cached.nbytes / len(images),
+            "cache_header_bytes": cache_file.stat().st_size - cached.nbytes, "augmented_factor":
+            len(images) / len(dataset.train.files), "boundary": where.boundary, "precision": precision,
+            "batch": batch}
+
+
+def _epoch_s(timing: dict, kind: str, train_n: int, val_n: int) -> float:
+    """Projected seconds of one epoch: training steps plus validation steps, at the measured medians."""
+    batch, step = timing["batch"], timing["step_s"]
+    val_kind = "cached_val" if kind == "cached" else "naive_val"
+    return -(-train_n // batch) * step[kind] + -(-val_n // batch) * step[val_kind]
+
+
+def prefix_speed(plan: Plan, source: Path, work: Path) -> dict:
+    """(6) naive vs prefix-cached fine-tune epochs per backbone and size, each timing in a fresh process; the real
+    data set's split sizes, for projecting the study."""
+    root = _subset(source, work / "prefix-data", plan.prefix_every)
+    counts = data.load_dataset(_config("vgg16_adam", work, source, 64))
+    timings = {}
+    for size in plan.prefix_sizes:
+        for backbone in BACKBONES:
+            _say(f"(6) {backbone} fine-tune at {size} px: prefix cache build, then naive and cached steps in turn ...")
+            timings[backbone, size] = t = _fresh(_prefix_timing, backbone, size, root, work, plan.prefix_steps)
+            _say(f"    steps {', '.join(f'{k} {v:.2f} s' for k, v in t['step_s'].items())}; cache build "
+                 f"{t['build_images_per_s']:.1f} images/s")
+    return {"timings": timings, "train_files": len(counts.train.files), "val": len(counts.val.files),
+            "subset_every": plan.prefix_every}
+
+
+def end_to_end(plan: Plan, source: Path, work: Path) -> dict:
+    """(7) `braintumor train` of configs/vgg16_adam.yaml at 128 px on a subset, naive then prefix-cached, equal
+    epochs and seed: wall seconds (setup and Testing evaluation included) and Testing accuracy of each."""
+    root = _subset(source, work / "e2e-data", plan.e2e_every)
+    overrides = (f"train.epochs={plan.e2e_epochs}", "train.early_stopping_patience=0",
+                 f"data.cache_dir={work / 'e2e-cache'}")
+    result = {}
+    for side, switch in (("naive", "false"), ("cached", "true")):
+        cfg = _config("vgg16_adam", work, root, 128, *overrides, f"train.feature_cache={switch}")
+        if side == "naive":
+            dataset = data.load_dataset(cfg)  # decode once here, so both runs read the decoded-image cache
+        _say(f"(7) vgg16_adam at 128 px, {plan.e2e_epochs} epochs, {side} ...")
+        seconds, run_dir, _ = _fresh(_timed_run, cfg)
+        result[side] = {"s": seconds, "accuracy": _accuracy(run_dir),
+                        "env": json.loads((run_dir / "env.json").read_text())["prefix_cache"]}
+        _say(f"    {seconds:.1f} s, Testing accuracy {result[side]['accuracy']:.4f}")
+    result.update(train_files=len(dataset.train.files), val=len(dataset.val.files), test=len(dataset.test.files),
+                  every=plan.e2e_every, epochs=plan.e2e_epochs)
+    return result
+
+
+def _study(prefix: dict) -> list[tuple[str, float, float]]:
+    """(experiment, naive seconds, braintumor seconds) for the study's nine experiments at 224 px, 20 epochs,
+    projected from the measured steps: I full (no augmentation, no cache), II and III fine-tune with offline
+    augmentation; III has the same prefix cache key as II (only the optimizer differs), so it reuses II's cache."""
+    rows = []
+    train_n, val_n = prefix["train_files"], prefix["val"]
+    for backbone in BACKBONES:
+        t = prefix["timings"][backbone, STUDY_SIZE]
+        augmented = round(train_n * t["augmented_factor"])
+        full = STUDY_EPOCHS * _epoch_s(t, "full", train_n, val_n)
+        naive = STUDY_EPOCHS * _epoch_s(t, "naive", augmented, val_n)
+        cached = STUDY_EPOCHS * _epoch_s(t, "cached", augmented, val_n)
+        build = (augmented + val_n) / t["build_images_per_s"]
+        rows += [(f"{backbone} I (full)", full, full), (f"{backbone} II (fine-tune, Adam)", naive, build + cached),
+                 (f"{backbone} III (fine-tune, RMSprop)", naive, cached)]
+    return rows
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h"
+
+
+def _prefix_section(plan: Plan, prefix: dict, e2e: dict, load: tuple[float, float]) -> str:
+    train_n, val_n = prefix["train_files"], prefix["val"]
+    lines = ["<!-- prefix-cache -->", "## Prefix cache (issue 12): fine-tune on cached frozen-prefix outputs", "",
+             f"Written by `python scripts/bench.py{' --quick' if plan.name == 'quick' else ''} --only prefix` on "
+             f"{datetime.now():%Y-%m-%d %H:%M}. 1-minute load average at the start and end: {load[0]:.2f}, "
+             f"{load[1]:.2f} (2 cores shared with other work; the timed kinds of step run in turn, so load hits "
+             "all alike). Weights `none`; precision as `auto` picks. Each (backbone, size) runs in a fresh process: "
+             f"the prefix cache is built over the training images of 1 image in {prefix['subset_every']} of each "
+             "class folder, offline augmented copies included (real build, timed: images/s), then one training step "
+             f"of each kind on a random batch of them, in turn, {plan.prefix_steps} timed rounds after 1 untimed; "
+             "the cached step reads its batch from the memory-mapped cache file, as fit does. An epoch is projected "
+             f"for the real data set's split ({train_n} training files, x2 with the offline copies, {val_n} "
+             "validation images): training steps plus validation steps at the medians.", "",
+             "| backbone | size | boundary | naive step | cached step | naive epoch | cached epoch | ratio | target |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    targets = {"vgg16": 3, "resnet50": 2, "inceptionv3": 2}
+    for (backbone, size), t in prefix["timings"].items():
+        augmented = round(train_n * t["augmented_factor"])
+        naive, cached = _epoch_s(t, "naive", augmented, val_n), _epoch_s(t, "cached", augmented, val_n)
+        lines.append(f"| {backbone} | {size} px | {t['boundary']} | {t['step_s']['naive']:.2f} s | "
+                     f"{t['step_s']['cached']:.3f} s | {naive:.0f} s | {cached:.0f} s | **{naive / cached:.1f}x** | "
+                     f">= {targets[backbone]}x |")
+    if STUDY_SIZE not in plan.prefix_sizes:
+        return "\n".join(lines + [""])
+    lines += ["", f"### The study's nine experiments at {STUDY_SIZE} px, {STUDY_EPOCHS} epochs (projected)", "",
+              "Projected from the 224 px measurements above: epochs x (training + validation steps); braintumor's "
+              "II includes building the cache once (training + validation images, at the measured build rate); "
+              "III has the same cache key as II (only the optimizer differs) and reuses it; I (full) trains every "
+              "layer, so both columns are equal. Early stopping could end runs sooner; not projected.", "",
+              "| experiment | naive | braintumor | ratio |", "|---|---|---|---|"]
+    study = _study(prefix)
+    lines += [f"| {name} | {_hours(naive)} | {_hours(ours)} | {naive / ours:.1f}x |" for name, naive, ours in study]
+    total_naive, total_ours = sum(r[1] for r in study), sum(r[2] for r in study)
+    lines += [f"| **total** | **{_hours(total_naive)}** | **{_hours(total_ours)}** | "
+              f"**{total_naive / total_ours:.1f}x** |", "", f"### Cache size on disk at {STUDY_SIZE} px", "",
+              "Measured bytes per image of the cache file built above (compute dtype), times the study's training "
+              "(with offline copies) and validation images.", "",
+              "| backbone | boundary | precision policy | per image | training + validation cache |",
+              "|---|---|---|---|---|"]
+    for backbone in BACKBONES:
+        t = prefix["timings"][backbone, STUDY_SIZE]
+        total = t["cache_bytes_per_image"] * (round(train_n * t["augmented_factor"]) + val_n)
+        lines.append(f"| {backbone} | {t['boundary']} | {t['precision']} | {t['cache_bytes_per_image'] / 1024:.0f} "
+                     f"KiB | {total / 2**30:.2f} GiB |")
+    t = prefix["timings"].get(("vgg16", 128))
+    if t and e2e:
+        train_files, val = e2e["train_files"], e2e["val"]
+        augmented = round(train_files * t["augmented_factor"])
+        naive = e2e["epochs"] * _epoch_s(t, "naive", augmented, val)
+        cached = e2e["epochs"] * _epoch_s(t, "cached", augmented, val) + (augmented + val) / t["build_images_per_s"]
+        lines += ["", "### End to end vs projection (vgg16_adam.yaml, 128 px)", "",
+                  f"`braintumor train` on 1 image in {e2e['every']} of each class folder ({train_files} training "
+                  f"files, {augmented} with offline copies, {val} validation, {e2e['test']} Testing images), "
+                  f"{e2e['epochs']} epochs, seed 0, naive then cached (sequential, each in a fresh process). Wall time "
+                  "includes what the projection leaves out: model build, data load, Testing evaluation, reports.", "",
+                  "| path | projected fit | end-to-end wall | Testing accuracy |", "|---|---|---|---|",
+                  f"| naive | {naive:.0f} s | {e2e['naive']['s']:.0f} s | {e2e['naive']['accuracy']:.4f} |",
+                  f"| prefix-cached (cache build included) | {cached:.0f} s | {e2e['cached']['s']:.0f} s | "
+                  f"{e2e['cached']['accuracy']:.4f} |", "", f"env.json of the cached run: `{e2e['cached']['env']}`"]
+    return "\n".join(lines + [""])
+
+
+def _write_prefix_section(path: Path, section: str) -> None:
+    """Replace the prefix-cache section of BENCHMARKS.md (from its marker to the end), keeping the rest."""
+    text = path.read_text() if path.exists() else ""
+    head = text.split("<!-- prefix-cache -->")[0].rstrip("\n")
+    write_text(path, (head + "\n\n" if head else "") + section)
 
 
 # ---------------------------------------------------------------- report
@@ -407,13 +617,33 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller settings, under 10 minutes on 2 cores")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="the real data set (Training/, Testing/)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown report to write")
+    parser.add_argument("--only", choices=["all", "prefix"], default="all",
+                        help="prefix: only figures 6 and 7 (issue 12), replacing their section of the report")
+    parser.add_argument("--prefix-sizes", help="figure 6's image sizes, comma-separated (default: 128,224); "
+                        "the study tables need 224, figure 7 runs where 128 is among them")
+    parser.add_argument("--prefix-steps", type=int, help="figure 6's timed rounds (default: the plan's)")
     args = parser.parse_args()
     source = Path(args.data).resolve()
     if not (source / "Training").is_dir():
         sys.exit(f"data set not found at {source}; pass --data PATH (a folder with Training/ and Testing/)")
     plan = QUICK if args.quick else FULL
+    if args.prefix_sizes:
+        plan = dataclasses.replace(plan, prefix_sizes=tuple(int(size) for size in args.prefix_sizes.split(",")))
+    if args.prefix_steps:
+        plan = dataclasses.replace(plan, prefix_steps=args.prefix_steps)
     start, load_before = time.perf_counter(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="braintumor-bench-"))
+    try:
+        prefix = prefix_speed(plan, source, work)
+        e2e = end_to_end(plan, source, work) if 128 in plan.prefix_sizes else None
+    finally:
+        if args.only == "prefix":
+            shutil.rmtree(work, ignore_errors=True)
+    section = _prefix_section(plan, prefix, e2e, (load_before, os.getloadavg()[0]))
+    if args.only == "prefix":
+        _write_prefix_section(Path(args.out), section)
+        print(section)
+        return
     try:
         decode = data_load(plan, source, work)
         fc = feature_cache(plan, source, work)
@@ -425,7 +655,7 @@ def main() -> None:
     rows = [*_rows(plan, fc, decode, pipe, speed), predict_row]
     seconds = time.perf_counter() - start
     report = _markdown(plan, _machine(), rows, seconds, source, (load_before, os.getloadavg()[0]))
-    Path(args.out).write_text(report)
+    write_text(Path(args.out), report + "\n" + section)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure':<{width}}  {'ratio':>8}  target")
     for figure, _, ratio, target in rows:

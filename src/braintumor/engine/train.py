@@ -21,7 +21,7 @@ from braintumor.core.config import Config, TrainConfig, load_config, save_config
 from braintumor.core.errors import UserError
 from braintumor.data import augment
 from braintumor.data.dataset import Dataset, find_classes, load_dataset
-from braintumor.engine import evaluate, features
+from braintumor.engine import evaluate, prefix_cache
 from braintumor.engine.callbacks import CHECKPOINTS, EpochState, truncate_history
 from braintumor.engine.runtime import distribution, environment, resolve_precision, resolve_xla, strategy_devices
 from braintumor.models.build import build_model
@@ -108,52 +108,60 @@ def resume(run_dir: Path) -> Path:
         raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
     cfg = load_config(run_dir / "config.yaml")
     state_path = run_dir / CHECKPOINTS / "state.json"
-    if state_path.is_file() and not features.applies(cfg):
+    restore = None
+    if state_path.is_file():
         state = rundir.read_json(state_path)
-        prepared = _prepare(cfg, checkpoint=run_dir / CHECKPOINTS / "last.keras")
+        last = run_dir / CHECKPOINTS / "last.keras"
+        if prefix_cache.applies(cfg):  # last.keras holds the part after the cached prefix: load it into a new model
+            prepared, restore = _prepare(cfg), last
+        else:
+            prepared = _prepare(cfg, checkpoint=last)
         print(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}")
-    else:  # killed before the first epoch ended, or a head on cached features (seconds): start over in the same folder
+    else:  # killed before the first epoch ended: start over in the same folder
         state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0}
         prepared = _prepare(cfg)
-        why = "only the head trains, on cached backbone outputs" if features.applies(cfg) else "no epoch had finished"
-        print(f"resuming {run_dir} from the start ({why})")
+        print(f"resuming {run_dir} from the start (no epoch had finished)")
     if prepared.data.summary()["validation_files"] != rundir.read_json(run_dir / "data.json")["validation_files"]:
         raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
                         "resume needs the same files, or start a new run")
     truncate_history(run_dir / "history.csv", state["epoch"])
     rundir.set_status(run_dir, "running")
-    return _fit_and_report(cfg, run_dir, prepared, state)
+    return _fit_and_report(cfg, run_dir, prepared, state, restore)
 
 
-def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict) -> Path:
+def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict, restore: Path | None = None) -> Path:
+    """`restore`: a last checkpoint of the trained part to continue from (weights and optimizer state)."""
     data, images, labels, model = prepared.data, prepared.images, prepared.labels, prepared.model
     precision, precision_reason = prepared.precision, prepared.precision_reason
     try:
-        # what fit trains and checkpoints: the whole model, or its head alone (sharing its weights)
-        fit_model = features.head_model(model) if features.applies(cfg) else model
+        # what fit trains and checkpoints: the whole model, or the part after a cached prefix (sharing its weights)
+        where = prefix_cache.split(cfg, model)
+        fit_model = model if where.suffix is None else where.suffix
         xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
         strategy = distribution(cfg.train.distribution, cfg.train.devices)
         if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
             with strategy.scope():
                 fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
                                   metrics=["accuracy"], jit_compile=xla)
+        if restore:
+            fit_model.optimizer.build(fit_model.trainable_variables)
+            fit_model.load_weights(restore)
         device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
         print(f"device: {device} | precision: {precision} ({precision_reason}) | XLA: "
               f"{'on' if xla else 'off'} ({xla_reason})")
         rundir.write_json(run_dir / "env.json", environment(
             seed=cfg.seed, device=device, precision=precision, precision_reason=precision_reason,
-            xla=xla, xla_reason=xla_reason, distribution=cfg.train.distribution, devices=strategy_devices(strategy)))
+            xla=xla, xla_reason=xla_reason, distribution=cfg.train.distribution, devices=strategy_devices(strategy),
+            prefix_cache=where.reason))
         print(f"run directory: {run_dir}")
-        online = cfg.augmentation if cfg.augmentation.enabled and cfg.augmentation.mode == "online" else None
         if state["epoch"] < cfg.train.epochs and not _stopped_early(cfg, state):
-            inputs, val_inputs = features.fit_inputs(cfg, model, images, data.val.images)
+            inputs, val_inputs = prefix_cache.fit_inputs(cfg, where, images, labels, data.val.images, data.val.labels)
             fit_model.fit(
-                augment.training_dataset(inputs, labels, cfg.train.batch_size, cfg.seed, online),
-                validation_data=(val_inputs.astype(np.float32), data.val.labels),
+                inputs, validation_data=val_inputs,
                 batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state["epoch"],
                 shuffle=False,  # the tf.data pipeline shuffles, seeded
                 class_weight=_class_weight(cfg.train, labels, len(data.classes)),
-                callbacks=[EpochState(run_dir, cfg.train.early_stopping_patience, state, resumable=fit_model is model)],
+                callbacks=[EpochState(run_dir, cfg.train.early_stopping_patience, state)],
                 verbose=1)
         fit_model.load_weights(run_dir / CHECKPOINTS / "best.weights.h5")
         model.save(run_dir / "model.keras")

@@ -1,0 +1,280 @@
+"""Prefix cache: the frozen front of the model runs once, and fit trains only the part after it.
+
+Without online augmentation the training images never change between epochs, and neither does
+anything the frozen layers compute from them, so a naive fit recomputes the same values every
+epoch. Here the model is cut at a *boundary*: the prefix (image → preprocessing → backbone up to
+the boundary, BatchNorm in inference mode) runs once over the training and validation images and
+its outputs are cached on disk; fit trains the suffix (the backbone's own layers after the
+boundary, then pooling and head) on them. The suffix shares its layers and weights with the whole
+model, so the saved model.keras is the whole model, and evaluation, prediction and export do not
+change.
+
+- fine-tune: the boundary is `model.fine_tune_after` (VGG16 block4_pool, ResNet50
+  conv4_block6_out, InceptionV3 mixed8 by default). Where the layers after it also need a tensor
+  from before it (a boundary inside a residual block or an Inception module), the cache is off and
+  the log and env.json say why.
+- feature-extraction: the whole backbone and the pooling are frozen, so the boundary is the pooled
+  output and the suffix is the head alone.
+
+Cache files are memory-mapped .npy in the compute dtype (bfloat16 stored as its raw 16 bits), so
+RAM use stays at one batch; each has a JSON sidecar with shape, dtype and CRC-32, checked on every
+load: a truncated or corrupt file is reported, deleted and built again, never read. The key hashes
+by value everything the prefix's outputs depend on: its weights (ImageNet, a weights file, or the
+seeded random init), every prefix layer's config (backbone, boundary, preprocessing), the dtype
+policy, and the image array's bytes in order (file list and content, image size, decoding, the
+validation split, offline augmentation's seed and parameters), plus the library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from braintumor.core.atomic import write_json
+from braintumor.core.backbones import BACKBONES
+from braintumor.core.config import Config
+from braintumor.core.errors import UserError
+from braintumor.core.logs import get_logger
+from braintumor.data import augment
+
+log = get_logger(__name__)
+
+FORMAT_VERSION = 2  # bump when the extraction or the file format changes, to invalidate caches
+EXTRACT_BATCH = 64
+CHECKSUM_CHUNK_BYTES = 64 << 20
+
+
+@dataclass
+class Split:
+    """Where fit's model starts: `suffix` is None when fit trains the whole model."""
+
+    reason: str  # one line for the log and env.json
+    boundary: str = ""  # e.g. "vgg16/block4_pool", or "pool" in feature extraction
+    prefix: keras.Model | None = None  # image → boundary outputs (frozen)
+    suffix: keras.Model | None = None  # boundary outputs → class probabilities (shares the whole model's layers)
+
+
+def _config_reason(cfg: Config) -> str | None:
+    """Why the configuration rules the cache out, or None."""
+    if cfg.model.mode == "full":
+        return "full mode trains every layer"
+    if cfg.augmentation.enabled and cfg.augmentation.mode == "online":
+        return "online augmentation changes the images every epoch"
+    if not cfg.train.feature_cache:
+        return "train.feature_cache is false"
+    return None
+
+
+def applies(cfg: Config) -> bool:
+    """Whether the configuration allows the cache (the model may still rule it out: see `split`)."""
+    return _config_reason(cfg) is None
+
+
+def split(cfg: Config, model: keras.Model) -> Split:
+    """Cut `model` (from models.build) into a frozen prefix and a trainable suffix, where the cache applies."""
+    reason = _config_reason(cfg)
+    if reason:
+        return _logged(Split(f"off ({reason}); every epoch runs the whole model"))
+    if cfg.model.mode == "feature-extraction":
+        pooled = model.get_layer("pool").output
+        suffix = _rebuild(model, {id(pooled): keras.Input(pooled.shape[1:], name="prefix_outputs")})
+        return _logged(Split("on: the frozen backbone runs once, then only the head trains", "pool",
+                             keras.Model(model.inputs, pooled, name="prefix"), suffix))
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    name = cfg.model.fine_tune_after or BACKBONES[cfg.model.backbone].fine_tune_after
+    boundary = f"{backbone.name}/{name}"
+    inner = backbone.get_layer(name).output
+    after = keras.Input(inner.shape[1:], name="boundary")
+    tensors, cut = _replay(backbone, {id(inner): after})
+    if cut or id(backbone.outputs[0]) not in tensors:
+        return _logged(Split(f"off (model.fine_tune_after {name!r} cuts through a skip connection: "
+                             f"{cut or 'the backbone output'} also needs a tensor from before it); every epoch runs "
+                             "the whole model", boundary))
+    after_part = keras.Model(after, tensors[id(backbone.outputs[0])], name=f"{backbone.name}_after_{name}")
+    before_part = keras.Model(backbone.inputs, inner, name=f"{backbone.name}_to_{name}")
+    call = next(node for nodes in model._nodes_by_depth.values() for node in nodes if node.operation is backbone)
+    image = keras.Input(model.inputs[0].shape[1:], name=model.inputs[0].name)
+    prefix_tensors, _ = _replay(model, {id(model.inputs[0]): image}, swap={backbone: before_part}, last=backbone)
+    prefix = keras.Model(image, prefix_tensors[id(call.outputs[0])], name="prefix")
+    suffix = _rebuild(model, {id(call.input_tensors[0]): keras.Input(inner.shape[1:], name="prefix_outputs")},
+                      swap={backbone: after_part})
+    return _logged(Split(f"on at {boundary}: the frozen part runs once, then only the layers after it train",
+                         boundary, prefix, suffix))
+
+
+def _logged(result: Split) -> Split:
+    log.info(f"prefix cache: {result.reason}")
+    return result
+
+
+def _replay(graph: keras.Model, seeds: dict, swap: dict | None = None, last=None) -> tuple[dict, str | None]:
+    """Call `graph`'s layers again in topological order, starting from new tensors.
+
+    `seeds` maps ids of `graph`'s tensors to the new tensors that replace them; `swap` calls another layer
+    in place of one of `graph`'s; nodes whose inputs are not available are skipped (they belong to the part
+    before the seeds). Returns the ids of `graph`'s tensors mapped to the new ones, and the name of the first
+    layer that needs both a new tensor and one from before the seeds (a cut through a skip connection).
+    Keras 3 has no public "model from an inner layer on"; this follows keras.src Function._run_through_graph.
+    """
+    tensors, swap = dict(seeds), swap or {}
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.is_input or not node.operation:
+                continue
+            available = [id(x) in tensors for x in node.input_tensors]
+            if not all(available):
+                if any(available):
+                    return tensors, node.operation.name
+                continue
+            args, kwargs = node.arguments.fill_in(tensors)
+            outputs = swap.get(node.operation, node.operation)(*args, **kwargs)
+            tensors.update(zip((id(x) for x in node.outputs), keras.tree.flatten(outputs), strict=True))
+            if node.operation is last:
+                return tensors, None
+    return tensors, None
+
+
+def _rebuild(model: keras.Model, seeds: dict, swap: dict | None = None) -> keras.Model:
+    """The part of `model` after `seeds` (one new Input), as a model sharing `model`'s layers."""
+    tensors, _ = _replay(model, seeds, swap)
+    (inputs,) = seeds.values()
+    return keras.Model(inputs, tensors[id(model.outputs[0])], name="suffix")
+
+
+def fit_inputs(cfg: Config, where: Split, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,
+               val_labels: np.ndarray) -> tuple[tf.data.Dataset, tf.data.Dataset | tuple]:
+    """What fit trains and validates on: the images, or, where the prefix is cached, its cached outputs."""
+    batch = cfg.train.batch_size
+    if where.suffix is None:
+        online = cfg.augmentation if cfg.augmentation.enabled and cfg.augmentation.mode == "online" else None
+        return (augment.training_dataset(images, labels, batch, cfg.seed, online),
+                (val_images.astype(np.float32), val_labels))
+    cache_dir = Path(cfg.data.cache_dir).expanduser()
+    train = cached_outputs(where, images, cache_dir, "training")
+    val = cached_outputs(where, val_images, cache_dir, "validation")
+    return _batches(train, labels, batch, cfg.seed), _batches(val, val_labels, batch)
+
+
+def _batches(outputs: np.ndarray, labels: np.ndarray, batch: int, seed: int | None = None) -> tf.data.Dataset:
+    """Batches of (float32 outputs, labels) read from the memory-mapped cache, one batch in RAM at a time. The
+    shuffle draws the same order as augment.training_dataset's for the same seed and length."""
+    order = tf.data.Dataset.range(len(outputs))
+    if seed is not None:
+        order = order.shuffle(len(outputs), seed=seed, reshuffle_each_iteration=True)
+
+    def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return outputs[index].astype(np.float32), labels[index]
+
+    def read(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(gather, [index], (tf.float32, tf.as_dtype(labels.dtype)))
+        return tf.ensure_shape(x, (None, *outputs.shape[1:])), tf.ensure_shape(y, (None,))
+
+    return order.batch(batch).map(read).prefetch(2)
+
+
+def cached_outputs(where: Split, images: np.ndarray, cache_dir: Path, desc: str) -> np.ndarray:
+    """The prefix's outputs for `images` (memory-mapped), read from the cache or computed into it."""
+    path = cache_dir / f"prefix-{_key(where, images)}.npy"
+    found = _load(path)
+    if found is not None:
+        log.info(f"prefix cache: hit for the {len(images)} {desc} images ({path})")
+        return found
+    log.info(f"prefix cache: miss for the {len(images)} {desc} images: running the part up to {where.boundary} "
+             f"once ({path})")
+    try:
+        return _build(where.prefix, images, path, desc)
+    except OSError as err:
+        raise UserError(f"could not write the prefix cache {path} ({err}); free disk space, set data.cache_dir to a "
+                        "writable folder, or set train.feature_cache to false") from err
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _load(path: Path) -> np.ndarray | None:
+    """The cached array, or None when absent; a damaged file is reported in one line and deleted."""
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+        stored = np.load(path, mmap_mode="r")
+        if list(stored.shape) != meta["shape"] or stored.dtype.str != meta["storage"]:
+            raise ValueError(f"shape {list(stored.shape)} {stored.dtype.str}, expected {meta['shape']} "
+                             f"{meta['storage']}")
+        if _crc32(stored) != meta["crc32"]:
+            raise ValueError("checksum mismatch")
+        return stored.view(tf.as_dtype(meta["dtype"]).as_numpy_dtype)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning(f"prefix cache: {path} is damaged or incomplete ({err}); deleting it and computing it again")
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
+        return None
+
+
+def _crc32(array: np.ndarray) -> int:
+    rows = max(1, CHECKSUM_CHUNK_BYTES // max(1, array[:1].nbytes))
+    crc = 0
+    for start in range(0, len(array), rows):
+        crc = zlib.crc32(np.ascontiguousarray(array[start:start + rows]).data, crc)
+    return crc
+
+
+def _build(prefix: keras.Model, images: np.ndarray, path: Path, desc: str) -> np.ndarray:
+    """Run `prefix` over `images` in batches into a temp sibling of `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    stored, dtype, crc = None, None, 0
+    try:
+        for start in tqdm(range(0, len(images), EXTRACT_BATCH), desc=f"prefix outputs, {desc}", unit="batch",
+                          leave=False):
+            out = np.asarray(prefix.predict_on_batch(images[start:start + EXTRACT_BATCH].astype(np.float32)))
+            if stored is None:  # bfloat16 has no .npy type: its raw bits go in as unsigned integers
+                dtype = out.dtype
+                stored = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(f"<u{out.itemsize}"),
+                                                   shape=(len(images), *out.shape[1:]))
+            raw = np.ascontiguousarray(out).view(stored.dtype)
+            stored[start:start + len(out)] = raw
+            crc = zlib.crc32(raw.data, crc)
+        stored.flush()
+        meta = {"shape": list(stored.shape), "storage": stored.dtype.str, "dtype": tf.as_dtype(dtype).name,
+                "crc32": crc}
+        del stored
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json(_sidecar(path), meta)  # last: a data file without its sidecar counts as incomplete
+    return np.load(path, mmap_mode="r").view(dtype)
+
+
+def _key(where: Split, images: np.ndarray) -> str:
+    prefix = where.prefix
+    facts = [FORMAT_VERSION, tf.__version__, keras.__version__, where.boundary, prefix.dtype_policy.name,
+             _layer_configs(prefix), list(images.shape), str(images.dtype)]
+    digest = hashlib.sha256(json.dumps(facts, default=str, sort_keys=True).encode())
+    for weight in prefix.weights:  # trainable and not (BatchNorm statistics)
+        value = np.ascontiguousarray(weight.numpy())
+        digest.update(f"{value.shape}{value.dtype}".encode())
+        digest.update(value.data)
+    digest.update(np.ascontiguousarray(images).data)
+    return digest.hexdigest()[:24]
+
+
+def _layer_configs(model: keras.Model) -> list:
+    """Each layer's class and config, nested models flattened, without the names Keras numbers per process."""
+    configs = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            configs += _layer_configs(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            configs.append([type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}])
+    return configs
