@@ -125,12 +125,12 @@ def test_resume_of_a_cached_run_retrains_the_head_and_finishes_equal(runs):
     (run_dir / "status.json").write_text(json.dumps({"state": "running", "started": "x", "finished": None}))
     (run_dir / CHECKPOINTS).mkdir()  # as a kill after epoch 1 leaves it
     (run_dir / CHECKPOINTS / "state.json").write_text(json.dumps(
-        {"epoch": 1, "best_val_loss": 1.0, "best_epoch": 1, "wait": 0}))
+        {"epoch": 1, "best_val_loss": 1.0, "best_epoch": 1, "wait": 0, "best_weights": "best-epoch1.weights.h5"}))
     lines = (run_dir / "history.csv").read_text().splitlines(keepends=True)
     (run_dir / "history.csv").write_text("".join(lines[:2]))
     with contextlib.redirect_stdout(io.StringIO()) as out:
         resume(run_dir)
-    assert "from the start (only the head trains, on cached backbone outputs)" in out.getvalue()
+    assert "from the start (only the head trains, on cached backbone outputs)" in (run_dir / "train.log").read_text()
     assert "feature cache: hit" in out.getvalue()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
     np.testing.assert_allclose(_history(run_dir), _history(runs["cached"]), atol=1e-6)

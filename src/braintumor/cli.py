@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from braintumor.core.errors import UserError
+from braintumor.core.logs import setup_console
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_console(args.debug)
     try:
         args.func(args)
     except UserError as err:
@@ -147,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
         return UserError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # training stops at a safe point and says how to resume; SIGTERM: 143
+        print("interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     return 0
 
 

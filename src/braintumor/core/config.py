@@ -102,6 +102,7 @@ class TrainConfig:
     xla: Literal["auto", "on", "off"] = "auto"
     # feature-extraction without online augmentation: run the frozen backbone once, cache its outputs, train the head
     feature_cache: bool = True
+    tensorboard: bool = True  # write tensorboard/ in the run dir: scalars per epoch, the confusion matrix at the end
 
     def validate(self, check: _Check) -> None:
         check(0 < self.learning_rate <= 1, "learning_rate", "a number above 0 and at most 1")

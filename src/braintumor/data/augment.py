@@ -91,18 +91,32 @@ def _save_pngs(folder: Path, images: np.ndarray, labels: np.ndarray, files: list
 
 
 def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                     online: AugmentationConfig | None) -> tf.data.Dataset:
-    """Shuffled batches of (float32 images, int labels), with online augmentation when given."""
-    dataset = (tf.data.Dataset.from_tensor_slices((images, labels))
-               .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-               .batch(batch_size))
-    if online is None:
-        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda batch, pair: (augment_batch(batch[0], pair, online), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+                     online: AugmentationConfig | None, epochs: range = range(1)) -> tf.data.Dataset:
+    """Shuffled batches of (float32 images, int labels) for each epoch in `epochs`, one after the other.
+
+    Each epoch's order and online transforms are drawn from (seed, epoch) alone, not from a stream
+    that runs through the epochs before it, so a run resumed at epoch k sees the same batches as an
+    uninterrupted one. Fit it with steps_per_epoch = ceil(len(images) / batch_size).
+    """
+    images_t, labels_t = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
+    base = tf.constant([seed, 0], tf.int64)
+
+    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(len(images), dtype=tf.int64), tf.random.experimental.stateless_fold_in(base, epoch))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        return batches.map(lambda step, indices: (epoch, step, indices))
+
+    def load(epoch: tf.Tensor, step: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch = tf.gather(images_t, indices)
+        if online is None:
+            return tf.cast(batch, tf.float32), tf.gather(labels_t, indices)
+        batch_seed = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(base + [0, 1], epoch), step)
+        return augment_batch(batch, batch_seed, online), tf.gather(labels_t, indices)
+
+    dataset = (tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE))
     options = tf.data.Options()
     # AUTOTUNE values become "one call per core"; the tuner thread itself stalled some epochs' first batch by
     # 4-5 s on a 2-core CPU (scripts/bench.py, figure 3)
