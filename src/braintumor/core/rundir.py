@@ -121,7 +121,10 @@ def lock(run_dir: Path) -> Iterator[None]:
     SIGKILL, so a stale lock file left by a dead process is simply taken over.
     """
     path = run_dir / LOCK
-    handle = open(path, "a+")  # noqa: SIM115  (held open for the whole block: the lock lives as long as it)
+    try:
+        handle = open(path, "a+")  # noqa: SIM115  (held open for the whole block: the lock lives as long as it)
+    except OSError as err:
+        raise UserError(f"cannot write in {run_dir} ({describe(err)}); make it writable or free space") from err
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

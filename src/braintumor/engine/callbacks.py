@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -230,6 +231,9 @@ class StopOnSignal(keras.callbacks.Callback):
 
     @contextmanager
     def installed(self) -> Iterator[StopOnSignal]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            yield self
+            return
         previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
