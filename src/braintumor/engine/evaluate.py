@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+import braintumor.models.build  # noqa: F401  (registers the custom layers, so that model.keras loads)
 from braintumor.core import logs, rundir
 from braintumor.core.config import Config, DataConfig, load_config
 from braintumor.core.errors import UserError, describe

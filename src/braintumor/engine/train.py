@@ -282,5 +282,5 @@ def _complete(run_dir: Path) -> None:
     if (run_dir / CHECKPOINTS).exists():
         os.replace(run_dir / CHECKPOINTS, run_dir / CHECKPOINTS_REMOVING)
     shutil.rmtree(run_dir / CHECKPOINTS_REMOVING, ignore_errors=True)
+    rundir.release(run_dir)  # before the status: a completed run's folder holds its contract files only
     rundir.set_status(run_dir, "completed")
-    rundir.release(run_dir)
