@@ -146,12 +146,10 @@ def run(cfg: Config) -> Path:
 
 def resume(run_dir: Path) -> Path:
     """Continue an interrupted run from its last complete epoch and finish it."""
-    if not (run_dir / "status.json").is_file():
-        raise UserError(f"{run_dir}/status.json not found; --resume needs a run directory made by braintumor train")
+    _refuse_completed(run_dir)  # before taking the lock: a completed run's folder gets no lock file
     stopper = StopOnSignal(run_dir)
     with stopper.installed(), rundir.lock(run_dir), logs.log_to_file(run_dir / "train.log"):
-        if rundir.read_json(run_dir / "status.json").get("state") == "completed":
-            raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
+        _refuse_completed(run_dir, locked=True)
         with _failure_marked(run_dir):
             rundir.remove_partials(run_dir)
             rundir.reserve_space(run_dir)
@@ -183,6 +181,15 @@ def resume(run_dir: Path) -> Path:
             rundir.set_status(run_dir, "running")
             stopper.defer(run_dir)
             return _fit_and_report(cfg, run_dir, prepared, state, stopper)
+
+
+def _refuse_completed(run_dir: Path, locked: bool = False) -> None:
+    if not (run_dir / "status.json").is_file():
+        raise UserError(f"{run_dir}/status.json not found; --resume needs a run directory made by braintumor train")
+    if rundir.read_json(run_dir / "status.json").get("state") == "completed":
+        if locked:  # another process completed it while we waited for the lock
+            rundir.release(run_dir)
+        raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
 
 
 @contextlib.contextmanager
