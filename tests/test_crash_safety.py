@@ -259,13 +259,22 @@ def _progress(run_dir: Path) -> tuple:
     return _epochs_done(run_dir), (run_dir / "metrics.json").exists(), (run_dir / "checkpoints").exists()
 
 
+def _writing_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob(".*.partial-*"))
+
+
+def _writing_reports(run_dir: Path) -> bool:
+    return (run_dir / ".reports.partial-staging").exists()
+
+
 @pytest.mark.slow
 def test_kill_anywhere_then_resume(write_config, tmp_path):
     """SIGKILL tiny trainings at random instants, resume each (killing resumes too) until complete.
 
-    Each kill lands at a uniform random instant of the process's work (counted from when it has
-    loaded and starts), within a window that widens whenever a kill made no progress, so that on a
-    slow machine every run still gets through its first epoch.
+    Most kills land at a uniform random instant of the process's work (counted from when it has
+    loaded), in a window that widens whenever a kill made no progress, so that on a slow machine every
+    run still gets through its first epoch; one in four waits for a checkpoint write or the reports
+    to be under way, where a kill does the most harm.
     """
     rng = random.Random(0)
     epochs, wanted, kills, phases, completed = 2, 20, 0, {}, 0
@@ -277,7 +286,12 @@ def test_kill_anywhere_then_resume(write_config, tmp_path):
         run_dir = _wait(lambda: _run_dir(outputs), process)  # noqa: B023
         while True:
             before = _progress(run_dir)
-            time.sleep(rng.uniform(0, window))
+            target = rng.choice([None, None, None, _writing_checkpoint, _writing_reports])
+            if target is None:
+                time.sleep(rng.uniform(0, window))
+            else:
+                with contextlib.suppress(AssertionError):  # the process may finish first
+                    _wait(lambda: target(run_dir) or process.poll() is not None, timeout=60)  # noqa: B023
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
@@ -286,7 +300,7 @@ def test_kill_anywhere_then_resume(write_config, tmp_path):
                 phases[phase] = phases.get(phase, 0) + 1
                 if phase == "after completion":  # killed while exiting: nothing left to resume
                     break
-                if _progress(run_dir) == before:
+                if _progress(run_dir) == before and target is None:
                     window *= 1.6
             elif process.returncode == 0:
                 break
