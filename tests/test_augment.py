@@ -73,11 +73,16 @@ def test_offline_copies_double_the_set_and_save_pngs(images, tmp_path):
 
 def test_online_pipeline_draws_new_transforms_each_epoch(images):
     labels = np.arange(len(images))
-    dataset = training_dataset(images, labels, batch_size=len(images), seed=0, online=AugmentationConfig())
-    (x1, y1), = list(dataset)
-    (x2, y2), = list(dataset)
+    dataset = training_dataset(images, labels, batch_size=len(images), seed=0, online=AugmentationConfig(),
+                               epochs=range(2))
+    (x1, y1), (x2, y2) = list(dataset)
     order1, order2 = np.argsort(y1.numpy()), np.argsort(y2.numpy())
     assert not np.allclose(x1.numpy()[order1], x2.numpy()[order2])
+    # epoch 1 alone (as a run resumed after epoch 1 draws it) is the same batch
+    (x2_alone, y2_alone), = list(training_dataset(images, labels, batch_size=len(images), seed=0,
+                                                  online=AugmentationConfig(), epochs=range(1, 2)))
+    np.testing.assert_array_equal(y2_alone.numpy(), y2.numpy())
+    np.testing.assert_array_equal(x2_alone.numpy(), x2.numpy())
     plain = training_dataset(images, labels, batch_size=len(images), seed=0, online=None)
     (x3, y3), = list(plain)
     np.testing.assert_array_equal(x3.numpy()[np.argsort(y3.numpy())], images)

@@ -32,7 +32,7 @@ def test_evaluating_testing_reproduces_training_time_metrics_exactly(run_copy):
         {k: v for k, v in original.items() if k not in RUN_ONLY_KEYS}
     assert (result / "predictions.csv").read_text() == (run_copy / "predictions.csv").read_text()
     assert {p.name for p in result.iterdir()} == {"metrics.json", "classification_report.txt",
-                                                  "confusion_matrix.png", "predictions.csv"}
+                                                  "confusion_matrix.png", "predictions.csv", "eval.log"}
 
 
 def test_validation_split_tta_and_out(run_copy, tmp_path):

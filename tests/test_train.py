@@ -17,7 +17,8 @@ from braintumor.cli import main
 from braintumor.results.reports import read_predictions
 
 CONTRACT = ["status.json", "config.yaml", "env.json", "data.json", "history.csv", "model.keras", "metrics.json",
-            "classification_report.txt", "confusion_matrix.png", "curves.png", "predictions.csv"]
+            "classification_report.txt", "confusion_matrix.png", "curves.png", "predictions.csv", "train.log",
+            "tensorboard"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,6 +44,32 @@ def test_run_directory_contract(trained_run):
     assert len(files) == 24 and files[0].startswith("Testing/") and classes == data["classes"]
     assert metrics["accuracy"] == pytest.approx((probs.argmax(1) == y_true).mean())
     assert metrics["best_epoch"] in (1, 2)
+
+
+def test_train_log_keeps_what_the_console_showed_and_tensorboard_has_the_run(trained_run):
+    log = (trained_run / "train.log").read_text()
+    assert "run directory: " in log and "Testing: accuracy" in log and "━" not in log  # no progress bars
+    assert "decoding" not in log
+    events = {p.parent.name for p in (trained_run / "tensorboard").rglob("events.out.tfevents.*")}
+    assert events == {"train", "validation", "test"}  # scalars per epoch; the confusion matrix under test
+
+
+def test_evaluate_in_a_fresh_process_loads_the_model_and_writes_eval_log(trained_run, tmp_path):
+    out = tmp_path / "eval"
+    subprocess.run([sys.executable, "-m", "braintumor.cli", "evaluate", "--run", str(trained_run), "--out", str(out)],
+                   check=True, capture_output=True)
+    assert "Testing: accuracy" in (out / "eval.log").read_text() and (out / "metrics.json").is_file()
+
+
+def test_tensorboard_can_be_turned_off_and_a_random_frozen_backbone_warns(write_config, tmp_path, caplog):
+    from braintumor.core.config import load_config
+    from braintumor.engine.train import _prepare
+
+    assert main(["train", str(write_config("no-tb", train={"tensorboard": False}))]) == 0
+    (run_dir,) = _runs(tmp_path / "outputs")
+    assert not (run_dir / "tensorboard").exists() and (run_dir / "train.log").is_file()
+    _prepare(load_config(write_config("random-vgg", model={"backbone": "vgg16", "mode": "feature-extraction"})))
+    assert "random, frozen weights, so expect accuracy near chance (25 %)" in caplog.text
 
 
 @pytest.mark.parametrize("sections, message", [

@@ -350,9 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
         return UserError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # training stops at a safe point and says how to resume; SIGTERM: 143
+        print("interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     return 0
 
 

@@ -112,6 +112,7 @@ class TrainConfig:
     # mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or `devices`); batch_size is the global batch
     distribution: Literal["none", "mirrored"] = "none"
     devices: list[str] | None = None  # mirrored only: e.g. ["/gpu:0", "/gpu:1"]; null: every visible GPU
+    tensorboard: bool = True  # write tensorboard/ in the run dir: scalars per epoch, the confusion matrix at the end
 
     def validate(self, check: _Check) -> None:
         check(0 < self.learning_rate <= 1, "learning_rate", "a number above 0 and at most 1")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -84,14 +85,41 @@ def native_stderr_filtered(enabled: bool = True) -> Iterator[None]:
             sys.stderr.flush()
 
 
-@contextlib.contextmanager
-def log_to_file(path: Path) -> Iterator[None]:
-    """Copy every message of the package into `path` (appending, so a resumed run keeps one log)."""
-    root = logging.getLogger(ROOT)
+class _LogFile(logging.FileHandler):
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802  (logging's name)
+        """A full disk must not print logging tracebacks: the console still shows the message."""
+
+
+def _at_least_info(root: logging.Logger) -> None:
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
-    handler = logging.FileHandler(path, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def collect() -> Iterator[list[logging.LogRecord]]:
+    """Keep the package's messages of the block, to copy them into a log file that exists only later."""
+    root = logging.getLogger(ROOT)
+    _at_least_info(root)
+    handler = logging.handlers.BufferingHandler(capacity=sys.maxsize)
+    root.addHandler(handler)
+    try:
+        yield handler.buffer
+    finally:
+        root.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path, earlier: Sequence[logging.LogRecord] = ()) -> Iterator[None]:
+    """Copy every message of the package into `path` (appending, so a resumed run keeps one log).
+
+    `earlier`: messages from before the file could exist (from `collect`), written first.
+    """
+    root = logging.getLogger(ROOT)
+    _at_least_info(root)
+    handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for record in earlier:
+        handler.handle(record)
     root.addHandler(handler)
     try:
         yield

@@ -90,21 +90,45 @@ def _save_pngs(folder: Path, images: np.ndarray, labels: np.ndarray, files: list
         Image.fromarray(image).save(target)
 
 
-def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                     online: AugmentationConfig | None) -> tf.data.Dataset:
-    """Shuffled batches of (float32 images, int labels), with online augmentation when given."""
-    dataset = (tf.data.Dataset.from_tensor_slices((images, labels))
-               .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-               .batch(batch_size))
-    if online is None:
-        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda batch, pair: (augment_batch(batch[0], pair, online), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+def epoch_orders(count: int, batch_size: int, seed: int, epochs: range) -> tf.data.Dataset:
+    """(epoch, step, indices) for every batch of every epoch in `epochs`, one epoch after the other.
+
+    Each epoch's order is drawn from (seed, epoch) alone, not from a stream that runs through the
+    epochs before it, so a run resumed at epoch k sees the same batches as an uninterrupted one.
+    """
+    base = tf.constant([seed, 0], tf.int64)
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), tf.random.experimental.stateless_fold_in(base, epoch))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        return batches.map(lambda step, indices: (epoch, step, indices))
+
+    return tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
+
+
+def _fast(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     # AUTOTUNE values become "one call per core"; the tuner thread itself stalled some epochs' first batch by
     # 4-5 s on a 2-core CPU (scripts/bench.py, figure 3)
     options.autotune.enabled = False
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                     online: AugmentationConfig | None, epochs: range = range(1)) -> tf.data.Dataset:
+    """Shuffled batches of (float32 images, labels) for each epoch in `epochs` (see epoch_orders), with
+    online transforms drawn from (seed, epoch, step). Fit it with steps_per_epoch = ceil(len(images) / batch_size).
+    """
+    images_t, labels_t = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
+    base = tf.constant([seed, 1], tf.int64)
+
+    def load(epoch: tf.Tensor, step: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch = tf.gather(images_t, indices)
+        if online is None:
+            return tf.cast(batch, tf.float32), tf.gather(labels_t, indices)
+        fold_in = tf.random.experimental.stateless_fold_in
+        batch_seed = fold_in(fold_in(base, epoch), step)
+        return augment_batch(batch, batch_seed, online), tf.gather(labels_t, indices)
+
+    return _fast(epoch_orders(len(images), batch_size, seed, epochs).map(load, num_parallel_calls=tf.data.AUTOTUNE))

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from braintumor.core import rundir
+from braintumor.core import logs, rundir
 from braintumor.core.config import Config, DataConfig, load_config
 from braintumor.core.errors import UserError, describe
 from braintumor.data.dataset import Dataset, Split, list_split, load_split
@@ -23,6 +23,7 @@ from braintumor.results import reports
 from braintumor.results.metrics import compute_metrics
 
 PREDICT_BATCH = 64
+log = logs.get_logger(__name__)
 
 
 def load_run_model(run_dir: Path) -> keras.Model:
@@ -65,21 +66,24 @@ def _evaluate_split(model: keras.Model, split: Split, classes: list[str], out_di
 
 
 def _print_summary(split: str, metrics: dict, n: int) -> None:
-    print(f"{split}: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+    log.info(f"{split}: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
           f"macro F1 {metrics['macro_avg']['f1']:.4f} ({n} images)")
     for key, title in (("tta", "with flip TTA"), ("leak_free", "leak-free subset")):
         if key in metrics:
             part = metrics[key]
-            print(f"{split} {title}: accuracy {part['accuracy']:.4f} ({part['n']} images"
+            log.info(f"{split} {title}: accuracy {part['accuracy']:.4f} ({part['n']} images"
                   + (f", {part['excluded']} with a Training twin left out)" if key == "leak_free" else ")"))
 
 
-def report_training_run(run_dir: Path, cfg: Config, data: Dataset, best_epoch: int | None) -> dict:
-    """Testing metrics (official and leak-free) and plots of a finished run, written into the run directory."""
+def report_training_run(run_dir: Path, cfg: Config, data: Dataset, best_epoch: int | None,
+                        out_dir: Path | None = None) -> dict:
+    """Testing metrics (official and leak-free) and plots of a finished run, written into `out_dir`
+    (default: the run directory)."""
+    out_dir = out_dir or run_dir
     model = load_run_model(run_dir)
-    metrics = _evaluate_split(model, data.test, data.classes, run_dir, cfg.seed,
+    metrics = _evaluate_split(model, data.test, data.classes, out_dir, cfg.seed,
                               {"split": cfg.data.test_dir, "best_epoch": best_epoch}, cfg.data, leak_free=True)
-    reports.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+    reports.plot_curves(run_dir / "history.csv", out_dir / "curves.png")
     return metrics
 
 
@@ -106,9 +110,9 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, split: str = "Tes
     else:
         chosen, _, _, _ = load_split(data_cfg, split, classes)
     dest = out_dir or run_dir / "eval" / f"{split}-{rundir.timestamp()}"
-    with rundir.staged_dir(dest) as tmp:
+    with rundir.staged_dir(dest) as tmp, logs.log_to_file(tmp / "eval.log"):
         _evaluate_split(model, chosen, classes, tmp, cfg.seed,
                         {"split": split, "data_root": data_cfg.root, "run": str(run_dir)}, data_cfg,
                         tta=tta, leak_free=leak_free)
-    print(f"written to {dest}")
+    log.info(f"written to {dest}")
     return dest

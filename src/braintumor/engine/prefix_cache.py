@@ -151,25 +151,25 @@ def _rebuild(model: keras.Model, seeds: dict, swap: dict | None = None) -> keras
 
 
 def fit_inputs(cfg: Config, where: Split, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,
-               val_labels: np.ndarray) -> tuple[tf.data.Dataset, tf.data.Dataset | tuple]:
-    """What fit trains and validates on: the images, or, where the prefix is cached, its cached outputs."""
+               val_labels: np.ndarray, epochs: range) -> tuple[tf.data.Dataset, tf.data.Dataset | tuple]:
+    """What fit trains (the batches of every epoch in `epochs`) and validates on: the images, or, where the
+    prefix is cached, its cached outputs."""
     batch = cfg.train.batch_size
     if where.suffix is None:
         online = cfg.augmentation if cfg.augmentation.enabled and cfg.augmentation.mode == "online" else None
-        return (augment.training_dataset(images, labels, batch, cfg.seed, online),
+        return (augment.training_dataset(images, labels, batch, cfg.seed, online, epochs),
                 (val_images.astype(np.float32), val_labels))
     cache_dir = Path(cfg.data.cache_dir).expanduser()
     train = cached_outputs(where, images, cache_dir, "training")
     val = cached_outputs(where, val_images, cache_dir, "validation")
-    return _batches(train, labels, batch, cfg.seed), _batches(val, val_labels, batch)
+    train_order = augment.epoch_orders(len(train), batch, cfg.seed, epochs).map(lambda epoch, step, index: index)
+    val_order = tf.data.Dataset.range(len(val)).batch(batch)
+    return _batches(train, labels, train_order), _batches(val, val_labels, val_order)
 
 
-def _batches(outputs: np.ndarray, labels: np.ndarray, batch: int, seed: int | None = None) -> tf.data.Dataset:
-    """Batches of (float32 outputs, labels) read from the memory-mapped cache, one batch in RAM at a time. The
-    shuffle draws the same order as augment.training_dataset's for the same seed and length."""
-    order = tf.data.Dataset.range(len(outputs))
-    if seed is not None:
-        order = order.shuffle(len(outputs), seed=seed, reshuffle_each_iteration=True)
+def _batches(outputs: np.ndarray, labels: np.ndarray, order: tf.data.Dataset) -> tf.data.Dataset:
+    """Batches of (float32 outputs, labels) read from the memory-mapped cache in `order` (index batches), one
+    batch in RAM at a time; training draws the same order as augment.training_dataset's."""
 
     def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return outputs[index].astype(np.float32), labels[index]
@@ -178,7 +178,7 @@ def _batches(outputs: np.ndarray, labels: np.ndarray, batch: int, seed: int | No
         x, y = tf.numpy_function(gather, [index], (tf.float32, tf.as_dtype(labels.dtype)))
         return tf.ensure_shape(x, (None, *outputs.shape[1:])), tf.ensure_shape(y, (None,))
 
-    return order.batch(batch).map(read).prefetch(2)
+    return order.map(read).prefetch(2)
 
 
 def cached_outputs(where: Split, images: np.ndarray, cache_dir: Path, desc: str) -> np.ndarray:

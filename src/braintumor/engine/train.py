@@ -1,14 +1,19 @@
-"""Training: one config → one run directory (see README, "Run directory").
+"""Training: one config → one run directory (see README, "The run directory (contract)").
 
 Everything that can fail on bad input (config, data, weights) runs before the run directory is
-created. Each epoch end appends to history.csv, saves the best weights and a resumable last
-checkpoint; `resume` continues from there after a crash or a kill.
+created. Each epoch end writes history.csv, the best weights, a resumable last checkpoint and, last
+of all, the training state; `resume` continues from there after a crash or a kill at any instant.
+One process trains a run at a time (the run's lock). SIGINT and SIGTERM stop at the next batch end
+and leave a resumable run marked failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +21,35 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from braintumor.core import rundir
+from braintumor.core import logs, rundir
+from braintumor.core.atomic import atomic_output, write_json
 from braintumor.core.config import Config, TrainConfig, load_config, save_config
-from braintumor.core.errors import UserError
+from braintumor.core.errors import UserError, describe
 from braintumor.data import augment
 from braintumor.data.dataset import Dataset, find_classes, load_dataset
 from braintumor.engine import evaluate, prefix_cache
-from braintumor.engine.callbacks import CHECKPOINTS, EpochState, truncate_history
+from braintumor.engine.callbacks import (
+    CHECKPOINTS,
+    STATE,
+    BestWeights,
+    EarlyStopping,
+    EpochSeeds,
+    History,
+    LastCheckpoint,
+    SaveState,
+    StopOnSignal,
+    TrainingState,
+    remove_unnamed_checkpoints,
+    save_atomically,
+    write_history,
+)
 from braintumor.engine.runtime import distribution, environment, resolve_precision, resolve_xla, strategy_devices
 from braintumor.models.build import build_model
+
+log = logs.get_logger(__name__)
+
+REPORTS_STAGING = ".reports.partial-staging"  # reports are built here, then renamed in, metrics.json last
+CHECKPOINTS_REMOVING = ".checkpoints.partial-removing"  # checkpoints/ renamed here once the reports are in
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
@@ -42,19 +67,13 @@ def _class_weight(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> dic
     return {i: float(len(labels) / (num_classes * max(n, 1))) for i, n in enumerate(counts)}
 
 
-
-
-
-
-
-
 def _training_arrays(cfg: Config, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
     images, labels = data.train.images, data.train.labels
     aug = cfg.augmentation
     if aug.enabled and aug.mode == "offline":
         extra, extra_labels = augment.offline_copies(images, labels, data.train.files, aug, data.classes, cfg.seed)
         images, labels = np.concatenate([images, extra]), np.concatenate([labels, extra_labels])
-        print(f"offline augmentation: {len(data.train.files)} → {len(images)} training images")
+        log.info(f"offline augmentation: {len(data.train.files)} → {len(images)} training images")
     return images, labels
 
 
@@ -70,6 +89,14 @@ class Prepared:
     precision_reason: str
 
 
+def _load_checkpoint(path: Path) -> keras.Model:
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as err:  # Keras raises many types for damaged or unsafe archives
+        raise UserError(f"checkpoint {path} cannot be loaded ({describe(err)}); it is damaged or unsafe: "
+                        "start a new run with braintumor train CONFIG") from err
+
+
 def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     keras.utils.set_random_seed(cfg.seed)
     precision, precision_reason = resolve_precision(cfg.train.precision)
@@ -77,8 +104,11 @@ def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     classes = find_classes(cfg.data)
     # the model first: a bad weights file fails in seconds, not after decoding the images
     with distribution(cfg.train.distribution, cfg.train.devices).scope():  # variables live on every replica
-        model = (keras.models.load_model(checkpoint) if checkpoint
+        model = (_load_checkpoint(checkpoint) if checkpoint
                  else build_model(cfg.model, cfg.data.image_size, len(classes)))
+    if cfg.model.weights == "none" and cfg.model.backbone != "simple_cnn" and cfg.model.mode != "full":
+        log.warning(f"model.weights is none: the {cfg.model.backbone} backbone keeps random, frozen weights, so "
+                    f"expect accuracy near chance ({100 / len(classes):.0f} %); use weights: imagenet to learn")
     data = load_dataset(cfg, classes)
     images, labels = _training_arrays(cfg, data)
     return Prepared(data, images, labels, model, precision, precision_reason)
@@ -90,91 +120,183 @@ def train_from_file(path: Path, overrides: list[str]) -> Path:
 
 def run(cfg: Config) -> Path:
     """Train one experiment into a new run directory; returns its path."""
-    rundir.ensure_writable(Path(cfg.output.dir).expanduser())
-    prepared = _prepare(cfg)
-    run_dir = rundir.unique_dir(Path(cfg.output.dir).expanduser(), f"{cfg.name}-{rundir.timestamp()}")
-    (run_dir / CHECKPOINTS).mkdir()
-    rundir.set_status(run_dir, "running")
-    save_config(cfg, run_dir / "config.yaml")
-    rundir.write_json(run_dir / "data.json", prepared.data.summary())
-    state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0}
-    return _fit_and_report(cfg, run_dir, prepared, state)
+    parent = Path(cfg.output.dir).expanduser()
+    rundir.ensure_writable(parent)
+    stopper = StopOnSignal()
+    with stopper.installed(), logs.collect() as earlier:
+        prepared = _prepare(cfg)
+        run_dir = rundir.unique_dir(parent, f"{cfg.name}-{rundir.timestamp()}")
+        with contextlib.ExitStack() as held:
+            try:  # the run directory appears whole (status, config, data, lock held) or stays empty
+                with atomic_output(run_dir, folder=True) as staged:
+                    held.enter_context(rundir.lock(staged))
+                    (staged / CHECKPOINTS).mkdir()
+                    rundir.reserve_space(staged)
+                    save_config(cfg, staged / "config.yaml")
+                    write_json(staged / "data.json", prepared.data.summary())
+                    rundir.set_status(staged, "running")
+            except BaseException as err:
+                run_dir.rmdir()
+                if isinstance(err, OSError):
+                    raise UserError(f"cannot write the run directory {run_dir} ({describe(err)}); "
+                                    "free space or choose another output.dir") from err
+                raise
+            with logs.log_to_file(run_dir / "train.log", earlier), _failure_marked(run_dir):
+                stopper.defer(run_dir)
+                return _fit_and_report(cfg, run_dir, prepared, TrainingState(), stopper)
 
 
 def resume(run_dir: Path) -> Path:
     """Continue an interrupted run from its last complete epoch and finish it."""
-    status = rundir.read_json(run_dir / "status.json")
-    if status.get("state") == "completed":
+    _refuse_completed(run_dir)  # before taking the lock: a completed run's folder gets no lock file
+    stopper = StopOnSignal(run_dir)
+    with stopper.installed(), rundir.lock(run_dir), logs.log_to_file(run_dir / "train.log"):
+        _refuse_completed(run_dir, locked=True)
+        with _failure_marked(run_dir):
+            rundir.remove_partials(run_dir)
+            rundir.reserve_space(run_dir)
+            cfg = load_config(run_dir / "config.yaml")
+            folder = run_dir / CHECKPOINTS
+            if not folder.is_dir() and (run_dir / "metrics.json").is_file():
+                log.info(f"resuming {run_dir}: training and reports were complete; finishing the bookkeeping")
+                _complete(run_dir)
+                return run_dir
+            folder.mkdir(exist_ok=True)
+            restore = None
+            if (folder / STATE).is_file():
+                state = TrainingState.load(folder / STATE)
+                remove_unnamed_checkpoints(folder, state)
+                last = folder / str(state.last_checkpoint)
+                if prefix_cache.applies(cfg):  # the checkpoint holds the part after the cached prefix
+                    prepared, restore = _prepare(cfg), last
+                else:
+                    prepared = _prepare(cfg, checkpoint=last)
+                log.info(f"resuming {run_dir} after epoch {state.epoch} of {cfg.train.epochs}")
+            else:  # killed before the first epoch ended: start over in the same folder
+                (folder / STATE).unlink(missing_ok=True)  # first: the checkpoint files below then belong to no state
+                state = TrainingState()
+                remove_unnamed_checkpoints(folder, state)
+                prepared = _prepare(cfg)
+                log.info(f"resuming {run_dir} from the start (no epoch had finished)")
+            started_with = rundir.read_json(run_dir / "data.json")["validation_files"]
+            if prepared.data.summary()["validation_files"] != started_with:
+                raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
+                                "resume needs the same files, or start a new run")
+            write_history(run_dir / "history.csv", state.history)
+            rundir.set_status(run_dir, "running")
+            stopper.defer(run_dir)
+            return _fit_and_report(cfg, run_dir, prepared, state, stopper, restore)
+
+
+def _refuse_completed(run_dir: Path, locked: bool = False) -> None:
+    if not (run_dir / "status.json").is_file():
+        raise UserError(f"{run_dir}/status.json not found; --resume needs a run directory made by braintumor train")
+    if rundir.read_json(run_dir / "status.json").get("state") == "completed":
+        if locked:  # another process completed it while we waited for the lock
+            rundir.release(run_dir)
         raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
-    cfg = load_config(run_dir / "config.yaml")
-    state_path = run_dir / CHECKPOINTS / "state.json"
-    restore = None
-    if state_path.is_file():
-        state = rundir.read_json(state_path)
-        last = run_dir / CHECKPOINTS / "last.keras"
-        if prefix_cache.applies(cfg):  # last.keras holds the part after the cached prefix: load it into a new model
-            prepared, restore = _prepare(cfg), last
-        else:
-            prepared = _prepare(cfg, checkpoint=last)
-        print(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}")
-    else:  # killed before the first epoch ended: start over in the same folder
-        state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0}
-        prepared = _prepare(cfg)
-        print(f"resuming {run_dir} from the start (no epoch had finished)")
-    if prepared.data.summary()["validation_files"] != rundir.read_json(run_dir / "data.json")["validation_files"]:
-        raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
-                        "resume needs the same files, or start a new run")
-    truncate_history(run_dir / "history.csv", state["epoch"])
-    rundir.set_status(run_dir, "running")
-    return _fit_and_report(cfg, run_dir, prepared, state, restore)
 
 
-def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict, restore: Path | None = None) -> Path:
-    """`restore`: a last checkpoint of the trained part to continue from (weights and optimizer state)."""
-    data, images, labels, model = prepared.data, prepared.images, prepared.labels, prepared.model
-    precision, precision_reason = prepared.precision, prepared.precision_reason
+@contextlib.contextmanager
+def _failure_marked(run_dir: Path) -> Iterator[None]:
+    """Any failure marks the run failed, with the reason; a full disk becomes one line naming the folder."""
     try:
-        # what fit trains and checkpoints: the whole model, or the part after a cached prefix (sharing its weights)
-        where = prefix_cache.split(cfg, model)
-        fit_model = model if where.suffix is None else where.suffix
-        xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
-        strategy = distribution(cfg.train.distribution, cfg.train.devices)
-        if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
-            with strategy.scope():
-                fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
-                                  metrics=["accuracy"], jit_compile=xla)
-        if restore:
-            fit_model.optimizer.build(fit_model.trainable_variables)
-            fit_model.load_weights(restore)
-        device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
-        print(f"device: {device} | precision: {precision} ({precision_reason}) | XLA: "
-              f"{'on' if xla else 'off'} ({xla_reason})")
-        rundir.write_json(run_dir / "env.json", environment(
-            seed=cfg.seed, device=device, precision=precision, precision_reason=precision_reason,
-            xla=xla, xla_reason=xla_reason, distribution=cfg.train.distribution, devices=strategy_devices(strategy),
-            prefix_cache=where.reason))
-        print(f"run directory: {run_dir}")
-        if state["epoch"] < cfg.train.epochs and not _stopped_early(cfg, state):
-            inputs, val_inputs = prefix_cache.fit_inputs(cfg, where, images, labels, data.val.images, data.val.labels)
-            fit_model.fit(
-                inputs, validation_data=val_inputs,
-                batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state["epoch"],
-                shuffle=False,  # the tf.data pipeline shuffles, seeded
-                class_weight=_class_weight(cfg.train, labels, len(data.classes)),
-                callbacks=[EpochState(run_dir, cfg.train.early_stopping_patience, state)],
-                verbose=1)
-        fit_model.load_weights(run_dir / CHECKPOINTS / "best.weights.h5")
-        model.save(run_dir / "model.keras")
-        evaluate.report_training_run(run_dir, cfg, data, state["best_epoch"])
-        shutil.rmtree(run_dir / CHECKPOINTS)
-        rundir.set_status(run_dir, "completed")
+        yield
     except BaseException as err:
-        rundir.set_status(run_dir, "failed", f"{type(err).__name__}: {err}".strip())
-        raise
-    print(f"done: {run_dir}")
+        full = rundir.no_space(err)
+        failure = err if full is None else UserError(
+            f"cannot write in {run_dir} ({describe(full)}); free space there, "
+            f"then continue with braintumor train --resume {run_dir}")
+        try:
+            rundir.set_status(run_dir, "failed", str(failure) if isinstance(failure, KeyboardInterrupt | UserError)
+                              else f"{type(failure).__name__}: {failure}".strip())
+        except OSError as status_err:
+            log.error(f"could not mark {run_dir} failed ({describe(status_err)})")
+        if failure is err:
+            raise
+        raise failure from err
+
+
+def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: TrainingState,
+                    stopper: StopOnSignal, restore: Path | None = None) -> Path:
+    """`restore`: a last checkpoint of the part after a cached prefix to continue from (weights and optimizer)."""
+    data, images, labels, model = prepared.data, prepared.images, prepared.labels, prepared.model
+    folder = run_dir / CHECKPOINTS
+    # what fit trains and checkpoints: the whole model, or the part after a cached prefix (sharing its weights)
+    where = prefix_cache.split(cfg, model)
+    fit_model = model if where.suffix is None else where.suffix
+    xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
+    strategy = distribution(cfg.train.distribution, cfg.train.devices)
+    if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
+        with strategy.scope():
+            fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+                              metrics=["accuracy"], jit_compile=xla)
+    if restore:
+        fit_model.optimizer.build(fit_model.trainable_variables)
+        fit_model.load_weights(restore)
+    device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
+    log.info(f"device: {device} | precision: {prepared.precision} ({prepared.precision_reason}) | XLA: "
+             f"{'on' if xla else 'off'} ({xla_reason})")
+    write_json(run_dir / "env.json", environment(
+        seed=cfg.seed, device=device, precision=prepared.precision, precision_reason=prepared.precision_reason,
+        xla=xla, xla_reason=xla_reason, distribution=cfg.train.distribution, devices=strategy_devices(strategy),
+        prefix_cache=where.reason))
+    log.info(f"run directory: {run_dir}")
+    patience = cfg.train.early_stopping_patience
+    if state.epoch < cfg.train.epochs and not state.stopped_early(patience):
+        inputs, val_inputs = prefix_cache.fit_inputs(cfg, where, images, labels, data.val.images, data.val.labels,
+                                                     epochs=range(state.epoch, cfg.train.epochs))
+        steps = [History(state, stopper, run_dir / "history.csv"), BestWeights(state, stopper, folder),
+                 LastCheckpoint(state, stopper, folder), EarlyStopping(state, stopper, patience),
+                 SaveState(state, stopper, folder)]
+        tensorboard = ([keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
+                       if cfg.train.tensorboard else [])
+        fit_model.fit(
+            inputs, steps_per_epoch=math.ceil(len(labels) / cfg.train.batch_size), validation_data=val_inputs,
+            batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state.epoch,
+            shuffle=False,  # the dataset shuffles, seeded per epoch
+            class_weight=_class_weight(cfg.train, labels, len(data.classes)),
+            callbacks=[EpochSeeds(cfg.seed), *steps, *tensorboard, stopper], verbose=1)
+    stopper.check(state.epoch)
+    fit_model.load_weights(folder / str(state.best_weights))
+    save_atomically(run_dir / "model.keras", model.save)
+    stopper.check(state.epoch)
+    _write_reports(run_dir, cfg, data, state.best_epoch)
+    stopper.check(state.epoch)
+    _complete(run_dir)
+    log.info(f"done: {run_dir}")
     return run_dir
 
 
-def _stopped_early(cfg: Config, state: dict) -> bool:
-    patience = cfg.train.early_stopping_patience
-    return bool(patience) and state["wait"] >= patience
+def _write_reports(run_dir: Path, cfg: Config, data: Dataset, best_epoch: int | None) -> None:
+    """The Testing reports, each renamed into the run directory, metrics.json last: once it is there, all are."""
+    staging = run_dir / REPORTS_STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    evaluate.report_training_run(run_dir, cfg, data, best_epoch, out_dir=staging)
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json"):
+        os.replace(path, run_dir / path.name)
+    staging.rmdir()
+    if cfg.train.tensorboard:
+        _confusion_matrix_summary(run_dir, best_epoch or 0)
+
+
+def _confusion_matrix_summary(run_dir: Path, step: int) -> None:
+    png = tf.io.decode_png((run_dir / "confusion_matrix.png").read_bytes(), channels=3)
+    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "test"))
+    with writer.as_default():
+        tf.summary.image("confusion_matrix", png[tf.newaxis], step=step)
+    writer.close()
+
+
+def _complete(run_dir: Path) -> None:
+    """Remove the checkpoints and mark the run completed.
+
+    checkpoints/ is renamed away first, in one step: a kill from here on leaves a run whose resume
+    sees no checkpoints but complete reports, and only finishes this bookkeeping.
+    """
+    if (run_dir / CHECKPOINTS).exists():
+        os.replace(run_dir / CHECKPOINTS, run_dir / CHECKPOINTS_REMOVING)
+    shutil.rmtree(run_dir / CHECKPOINTS_REMOVING, ignore_errors=True)
+    rundir.release(run_dir)  # before the status: a completed run's folder holds its contract files only
+    rundir.set_status(run_dir, "completed")
