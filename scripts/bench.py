@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from braintumor.core.config import Config, load_config
 from braintumor.data import dataset as data
-from braintumor.engine import runtime, train
+from braintumor.engine import optim, runtime, train
 from braintumor.models.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def _compiled(cfg: Config, num_classes: int, xla: bool = False) -> keras.Model:
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_dtype_policy(cfg.train.precision)
     model = build_model(cfg.model, cfg.data.image_size, num_classes)
-    model.compile(optimizer=train.make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=optim.make_optimizer(cfg.train, steps_per_epoch=1), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=xla)
     return model
 

@@ -102,12 +102,23 @@ class TrainConfig:
     xla: Literal["auto", "on", "off"] = "auto"
     # feature-extraction without online augmentation: run the frozen backbone once, cache its outputs, train the head
     feature_cache: bool = True
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"  # learning rate over the epochs
+    warmup_epochs: int = 0  # linear ramp from near 0 to learning_rate over these first epochs
+    plateau_patience: int = 3  # plateau: epochs without a lower val_loss before the rate drops
+    plateau_factor: float = 0.5  # plateau: the rate is multiplied by this
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW for adam); 0: off
+    label_smoothing: float = 0.0  # targets (1 - s) for the class, s / classes spread over all; 0: off
 
     def validate(self, check: _Check) -> None:
         check(0 < self.learning_rate <= 1, "learning_rate", "a number above 0 and at most 1")
         check(1 <= self.epochs <= 10_000, "epochs", "an integer from 1 to 10000")
         check(1 <= self.batch_size <= 4096, "batch_size", "an integer from 1 to 4096")
         check(self.early_stopping_patience >= 0, "early_stopping_patience", "an integer >= 0")
+        check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "an integer from 0 to below train.epochs")
+        check(self.plateau_patience >= 1, "plateau_patience", "an integer >= 1")
+        check(0 < self.plateau_factor < 1, "plateau_factor", "a number above 0 and below 1")
+        check(0 <= self.weight_decay < 1, "weight_decay", "a number from 0 to below 1, e.g. 1e-4")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", "a number from 0 to below 1, e.g. 0.1")
 
 
 @dataclass

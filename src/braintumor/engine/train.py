@@ -21,18 +21,10 @@ from braintumor.core.config import Config, TrainConfig, load_config, save_config
 from braintumor.core.errors import UserError
 from braintumor.data import augment
 from braintumor.data.dataset import Dataset, find_classes, load_dataset
-from braintumor.engine import evaluate, features
+from braintumor.engine import evaluate, features, optim
 from braintumor.engine.callbacks import CHECKPOINTS, EpochState, truncate_history
 from braintumor.engine.runtime import environment, resolve_precision, resolve_xla
 from braintumor.models.build import build_model
-
-
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(cfg.learning_rate)
-    if cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(cfg.learning_rate)
-    return keras.optimizers.SGD(cfg.learning_rate, momentum=0.9)
 
 
 def _class_weight(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
@@ -132,7 +124,8 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict)
         fit_model = features.head_model(model) if features.applies(cfg) else model
         xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
         if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
-            fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+            steps_per_epoch = -(-len(labels) // cfg.train.batch_size)
+            fit_model.compile(optimizer=optim.make_optimizer(cfg.train, steps_per_epoch), loss=optim.loss(cfg.train),
                               metrics=["accuracy"], jit_compile=xla)
         device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
         print(f"device: {device} | precision: {precision} ({precision_reason}) | XLA: "
@@ -145,12 +138,15 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: dict)
         if state["epoch"] < cfg.train.epochs and not _stopped_early(cfg, state):
             inputs, val_inputs = features.fit_inputs(cfg, model, images, data.val.images)
             fit_model.fit(
-                augment.training_dataset(inputs, labels, cfg.train.batch_size, cfg.seed, online),
-                validation_data=(val_inputs.astype(np.float32), data.val.labels),
+                augment.training_dataset(inputs, optim.targets(cfg.train, labels, len(data.classes)),
+                                         cfg.train.batch_size, cfg.seed, online),
+                validation_data=(val_inputs.astype(np.float32),
+                                 optim.targets(cfg.train, data.val.labels, len(data.classes))),
                 batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state["epoch"],
                 shuffle=False,  # the tf.data pipeline shuffles, seeded
                 class_weight=_class_weight(cfg.train, labels, len(data.classes)),
-                callbacks=[EpochState(run_dir, cfg.train.early_stopping_patience, state, resumable=fit_model is model)],
+                callbacks=[*optim.schedule_callbacks(cfg.train),
+                           EpochState(run_dir, cfg.train.early_stopping_patience, state, resumable=fit_model is model)],
                 verbose=1)
         fit_model.load_weights(run_dir / CHECKPOINTS / "best.weights.h5")
         model.save(run_dir / "model.keras")
