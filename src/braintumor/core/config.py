@@ -60,6 +60,11 @@ class AugmentationConfig:
     brightness: list[float] = field(default_factory=lambda: [0.8, 2.0])  # multiplicative factor
     fill_mode: Literal["nearest", "constant", "reflect", "wrap"] = "nearest"
     save_dir: str | None = None  # offline only: also write the copies as PNG files here
+    # extras for MRI slices, not in the study; [1, 1] and 0 turn them off
+    zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])  # scale factor range; > 1 zooms in
+    rotation: float = 0.0  # degrees, uniform in [-r, r]
+    contrast: list[float] = field(default_factory=lambda: [1.0, 1.0])  # factor about each image's mean
+    gamma: list[float] = field(default_factory=lambda: [1.0, 1.0])  # exponent on [0, 1] intensities
 
     def validate(self, check: _Check) -> None:
         check(1 <= self.copies <= 20, "copies", "an integer from 1 to 20")
@@ -70,6 +75,11 @@ class AugmentationConfig:
         check(len(low_high) == 2 and 0 < low_high[0] <= low_high[1], "brightness",
               "[low, high] with 0 < low <= high, e.g. [0.8, 2.0]")
         check(self.save_dir is None or self.mode == "offline", "save_dir", "null unless mode is offline")
+        for key, top in (("zoom", 4.0), ("contrast", 4.0), ("gamma", 4.0)):
+            pair = getattr(self, key)
+            check(len(pair) == 2 and 0 < pair[0] <= pair[1] <= top, key,
+                  f"[low, high] with 0 < low <= high <= {top:g}, e.g. [0.9, 1.1]; [1, 1] turns it off")
+        check(0 <= self.rotation <= 180, "rotation", "degrees from 0 to 180; 0 turns it off")
 
 
 @dataclass
