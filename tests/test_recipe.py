@@ -134,3 +134,42 @@ def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
 def test_bad_recipe_values_name_the_key(write_config, capsys, key, value):
     assert main(["validate", str(write_config(train={"epochs": 5, key: value}))]) == 2
     assert f"train.{key}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- from-scratch models
+
+def test_simple_cnn_width_depth_and_convs_shape_the_network():
+    from braintumor.core.config import ModelConfig
+    from braintumor.models.build import build_model
+
+    model = build_model(ModelConfig(backbone="simple_cnn", weights="none", mode="full", width=8, depth=4,
+                                    convs_per_block=2, bn_momentum=0.99), 32, 4)
+    backbone = model.get_layer("simple_cnn")
+    convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [8, 8, 16, 16, 32, 32, 64, 64]
+    assert backbone.output.shape[1:] == (2, 2, 64)  # four poolings of 32 px
+    assert {layer.momentum for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.99}
+
+
+def test_grayscale_model_takes_rgb_and_sees_one_channel(write_config, tmp_path):
+    assert main(["train", str(write_config(data={"channels": 1}, model={"width": 8}))]) == 0
+    (run,) = (tmp_path / "outputs").iterdir()
+    model = keras.models.load_model(run / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.get_layer("simple_cnn").input_shape == (None, 32, 32, 1)
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    gray = np.repeat(rgb.mean(-1, keepdims=True), 3, axis=-1)
+    np.testing.assert_allclose(model.predict(rgb, verbose=0), model.predict(gray, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize(("sections", "key"), [
+    ({"data": {"channels": 2}}, "data.channels"),
+    ({"data": {"channels": True}}, "data.channels"),
+    ({"data": {"channels": 1}, "model": {"backbone": "vgg16"}}, "data.channels"),
+    ({"model": {"backbone": "vgg16", "width": 64}}, "model.width"),
+    ({"model": {"depth": 0}}, "model.depth"),
+    ({"model": {"bn_momentum": 1.0}}, "model.bn_momentum"),
+])
+def test_bad_model_values_name_the_key(write_config, capsys, sections, key):
+    assert main(["validate", str(write_config(**sections))]) == 2
+    assert key in capsys.readouterr().err

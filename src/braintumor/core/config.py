@@ -37,6 +37,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/braintumor"
     make_synthetic_if_missing: bool = False  # quickstart: write `braintumor data synth` data at root
     exclude_test_twins: bool = False  # drop Training images with an exact/near duplicate in Testing
+    channels: Literal[1, 3] = 3  # 1: the model averages RGB into one intensity channel (from-scratch models)
 
     def validate(self, check: _Check) -> None:
         check(8 <= self.image_size <= 1024, "image_size", "an integer from 8 to 1024")
@@ -90,6 +91,11 @@ class ModelConfig:
     fine_tune_after: str | None = None  # last frozen layer in fine-tune mode; null: the backbone's default
     pooling: Literal["avg", "max"] = "avg"
     dropout: float = 0.3
+    # simple_cnn only: `depth` blocks of `convs_per_block` conv-BN-ReLU layers, filters doubling from `width`
+    width: int = 32
+    depth: int = 3
+    convs_per_block: int = 1
+    bn_momentum: float = 0.9  # BatchNorm moving-statistics momentum (simple_cnn)
 
     def validate(self, check: _Check) -> None:
         check(self.backbone in BACKBONES, "backbone", "one of: " + ", ".join(BACKBONES))
@@ -98,6 +104,14 @@ class ModelConfig:
               "none or a weights file for simple_cnn (it has no ImageNet weights)")
         check(self.fine_tune_after is None or self.mode == "fine-tune", "fine_tune_after",
               "null unless mode is fine-tune")
+        check(4 <= self.width <= 512, "width", "an integer from 4 to 512")
+        check(1 <= self.depth <= 8, "depth", "an integer from 1 to 8")
+        check(1 <= self.convs_per_block <= 4, "convs_per_block", "an integer from 1 to 4")
+        check(0 < self.bn_momentum < 1, "bn_momentum", "a number above 0 and below 1, e.g. 0.99")
+        simple_only = {"width": 32, "depth": 3, "convs_per_block": 1, "bn_momentum": 0.9}
+        for key, default in simple_only.items():
+            check(self.backbone == "simple_cnn" or getattr(self, key) == default, key,
+                  f"the default ({default}) unless backbone is simple_cnn; ImageNet backbones have a fixed shape")
 
 
 @dataclass
@@ -149,6 +163,9 @@ class Config:
 
     def validate(self, check: _Check) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
+        if self.data.channels == 1 and self.model.backbone != "simple_cnn":
+            raise UserError(f"{check.source}: data.channels = 1 needs model.backbone simple_cnn; ImageNet "
+                            "backbones take 3 channels, so use data.channels: 3 with them")
         minimum = BACKBONES[self.model.backbone].min_size
         if self.data.image_size < minimum:
             raise UserError(f"{check.source}: data.image_size = {self.data.image_size} is below "
@@ -200,7 +217,7 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, path, source)
     if origin is Literal:
-        if value not in args:
+        if value not in args or (isinstance(value, bool) and bool not in map(type, args)):
             raise UserError(f"{source}: {path} = {value!r} is not allowed; use one of: "
                             + ", ".join(map(str, args)))
         return value

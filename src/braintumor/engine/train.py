@@ -69,7 +69,7 @@ def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     classes = find_classes(cfg.data)
     # the model first: a bad weights file fails in seconds, not after decoding the images
     model = (keras.models.load_model(checkpoint) if checkpoint
-             else build_model(cfg.model, cfg.data.image_size, len(classes)))
+             else build_model(cfg.model, cfg.data.image_size, len(classes), cfg.data.channels))
     data = load_dataset(cfg, classes)
     images, labels = _training_arrays(cfg, data)
     return Prepared(data, images, labels, model, precision, precision_reason)
