@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import dataclasses
 
 import keras
@@ -173,3 +174,30 @@ def test_grayscale_model_takes_rgb_and_sees_one_channel(write_config, tmp_path):
 def test_bad_model_values_name_the_key(write_config, capsys, sections, key):
     assert main(["validate", str(write_config(**sections))]) == 2
     assert key in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- seed ensembles
+
+def test_ensemble_averages_the_runs_probabilities(write_config, tmp_path, capsys):
+    from braintumor.results.reports import read_predictions
+
+    for seed in (0, 1):
+        assert main(["train", str(write_config(f"seed{seed}", seed=seed))]) == 0
+    runs = sorted((tmp_path / "outputs").iterdir())
+    out = tmp_path / "ensemble"
+    assert main(["evaluate", "--ensemble", *map(str, runs), "--out", str(out)]) == 0
+    files, _, probs, _ = read_predictions(out / "predictions.csv")
+    members = [read_predictions(run / "predictions.csv") for run in runs]
+    assert all(member[0] == files for member in members)
+    np.testing.assert_allclose(probs, np.mean([member[2] for member in members], axis=0), atol=2e-4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ensemble"] == [str(run) for run in runs] and "leak_free" in metrics
+
+
+def test_ensemble_refuses_runs_with_another_image_pipeline(write_config, tmp_path, capsys):
+    assert main(["train", str(write_config("small"))]) == 0
+    assert main(["train", str(write_config("large", data={"image_size": 40}))]) == 0
+    runs = sorted((tmp_path / "outputs").iterdir())
+    assert main(["evaluate", "--ensemble", *map(str, runs)]) == 2
+    assert "image pipeline" in capsys.readouterr().err
+    assert not any(p.name.startswith("ensemble") for p in (tmp_path / "outputs").iterdir())

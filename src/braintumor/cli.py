@@ -38,6 +38,10 @@ def _validate(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from braintumor.engine import evaluate
 
+    if args.ensemble:
+        evaluate.evaluate_ensemble([Path(run) for run in args.ensemble], split=args.split,
+                                   out_dir=Path(args.out) if args.out else None, tta=args.tta)
+        return
     evaluate.evaluate_run(
         Path(args.run),
         data_root=Path(args.data) if args.data else None,
@@ -99,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_validate)
 
     p = add_command("evaluate", help="evaluate a trained run on a split or another folder tree")
-    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    runs = p.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--run", metavar="RUN_DIR", help="a run folder made by braintumor train")
+    runs.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
+                      help="average the probabilities of these runs (same data, image size and preprocessing), "
+                           "e.g. the seeds of one sweep configuration")
     p.add_argument("--data", metavar="ROOT", help="data root (default: the run's data.root)")
     p.add_argument("--split", default="Testing", help="Testing, Training, validation, or a folder name under ROOT")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval/<split>-<time>)")
