@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import dataclasses
+import json
 
 import keras
 import numpy as np
