@@ -51,7 +51,7 @@ import tensorflow as tf
 from braintumor.core.atomic import write_text
 from braintumor.core.config import Config, load_config
 from braintumor.data import dataset as data
-from braintumor.engine import prefix_cache, runtime, train
+from braintumor.engine import optim, prefix_cache, runtime, train
 from braintumor.models.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def _compiled(cfg: Config, num_classes: int, xla: bool = False) -> keras.Model:
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_dtype_policy(cfg.train.precision)
     model = build_model(cfg.model, cfg.data.image_size, num_classes)
-    model.compile(optimizer=train.make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=optim.make_optimizer(cfg.train, steps_per_epoch=1), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=xla)
     return model
 
@@ -369,8 +369,8 @@ def _prefix_timing(backbone: str, size: int, root: Path, work: Path, steps: int)
     full_cfg = _config(FINE_TUNE_CONFIGS[backbone], work, root, size, f"train.precision={precision}", "model.mode=full")
     full = build_model(full_cfg.model, size, len(dataset.classes)) if size == STUDY_SIZE else None
     for fit_model in filter(None, (model, where.suffix, full)):
-        fit_model.compile(optimizer=train.make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
-                          metrics=["accuracy"])
+        fit_model.compile(optimizer=optim.make_optimizer(cfg.train, steps_per_epoch=1),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     batch = cfg.train.batch_size
 
     def pixels(index):

@@ -7,7 +7,6 @@ import contextlib
 import csv
 import io
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from braintumor.core.config import Config, parse_config
+from braintumor.core.logs import setup_console
 from braintumor.data.dataset import load_dataset
 from braintumor.engine import evaluate, prefix_cache
 from braintumor.engine.callbacks import CHECKPOINTS
@@ -49,19 +49,12 @@ def _config(root: Path, base: Path, mode: str = "feature-extraction", **train) -
 
 @contextlib.contextmanager
 def _messages():
-    """What the package logs and prints meanwhile, as one string (read it after the block)."""
+    """What the package logs and prints meanwhile, as one string (read it after the block). The package's
+    console handler writes to whatever sys.stdout is, so each message lands here once."""
     out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    logger = logging.getLogger("braintumor")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        with contextlib.redirect_stdout(out):
-            yield out
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    setup_console()
+    with contextlib.redirect_stdout(out):
+        yield out
 
 
 def _run(cfg: Config) -> tuple[Path, str]:

@@ -86,6 +86,11 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    if args.ensemble:
+        _load_engine("evaluate", args.debug).evaluate_ensemble(
+            [Path(run) for run in args.ensemble], split=args.split, out_dir=Path(args.out) if args.out else None,
+            tta=args.tta)
+        return
     if not Path(args.run).is_dir():  # answered before TensorFlow loads
         raise UserError(f"run directory {args.run} not found; pass a folder made by braintumor train")
     _load_engine("evaluate", args.debug).evaluate_run(
@@ -228,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command("evaluate", help="evaluate a trained run on a split or another folder tree",
                     description="Score a run's model.keras; writes metrics.json, predictions.csv and the "
                                 "report files into a new folder.")
-    p.add_argument("--run", required=True, metavar="RUN_DIR",
-                   help="a run folder written by `braintumor train`, e.g. outputs/quickstart-20261127-120000")
+    runs = p.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--run", metavar="RUN_DIR",
+                      help="a run folder written by `braintumor train`, e.g. outputs/quickstart-20261127-120000")
+    runs.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
+                      help="average the probabilities of these runs (same data, image size and preprocessing), "
+                           "e.g. the seeds of one sweep configuration")
     p.add_argument("--data", metavar="ROOT", help="data root holding the split (default: the run's data.root)")
     p.add_argument("--split", default="Testing",
                    help="Testing, Training, validation (the run's own validation files), or a folder name under ROOT")

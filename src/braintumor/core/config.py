@@ -44,6 +44,7 @@ class DataConfig:
     # SYNTHETIC_ROOT, so a mistyped root is an error instead of a silently invented data set
     make_synthetic_if_missing: bool = False
     exclude_test_twins: bool = False  # drop Training images with an exact/near duplicate in Testing
+    channels: Literal[1, 3] = 3  # 1: the model averages RGB into one intensity channel (from-scratch models)
 
     def validate(self, check: _Check) -> None:
         check(8 <= self.image_size <= 1024, "image_size", "an integer from 8 to 1024")
@@ -67,6 +68,11 @@ class AugmentationConfig:
     brightness: list[float] = field(default_factory=lambda: [0.8, 2.0])  # multiplicative factor
     fill_mode: Literal["nearest", "constant", "reflect", "wrap"] = "nearest"
     save_dir: str | None = None  # offline only: also write the copies as PNG files here
+    # extras for MRI slices, not in the study; [1, 1] and 0 turn them off
+    zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])  # scale factor range; > 1 zooms in
+    rotation: float = 0.0  # degrees, uniform in [-r, r]
+    contrast: list[float] = field(default_factory=lambda: [1.0, 1.0])  # factor about each image's mean
+    gamma: list[float] = field(default_factory=lambda: [1.0, 1.0])  # exponent on [0, 1] intensities
 
     def validate(self, check: _Check) -> None:
         check(1 <= self.copies <= 20, "copies", "an integer from 1 to 20")
@@ -77,6 +83,11 @@ class AugmentationConfig:
         check(len(low_high) == 2 and 0 < low_high[0] <= low_high[1], "brightness",
               "[low, high] with 0 < low <= high, e.g. [0.8, 2.0]")
         check(self.save_dir is None or self.mode == "offline", "save_dir", "null unless mode is offline")
+        for key, top in (("zoom", 4.0), ("contrast", 4.0), ("gamma", 4.0)):
+            pair = getattr(self, key)
+            check(len(pair) == 2 and 0 < pair[0] <= pair[1] <= top, key,
+                  f"[low, high] with 0 < low <= high <= {top:g}, e.g. [0.9, 1.1]; [1, 1] turns it off")
+        check(0 <= self.rotation <= 180, "rotation", "degrees from 0 to 180; 0 turns it off")
 
 
 @dataclass
@@ -87,6 +98,11 @@ class ModelConfig:
     fine_tune_after: str | None = None  # last frozen layer in fine-tune mode; null: the backbone's default
     pooling: Literal["avg", "max"] = "avg"
     dropout: float = 0.3
+    # simple_cnn only: `depth` blocks of `convs_per_block` conv-BN-ReLU layers, filters doubling from `width`
+    width: int = 32
+    depth: int = 3
+    convs_per_block: int = 1
+    bn_momentum: float = 0.9  # BatchNorm moving-statistics momentum (simple_cnn)
 
     def validate(self, check: _Check) -> None:
         check(self.backbone in BACKBONES, "backbone", "one of: " + ", ".join(BACKBONES))
@@ -95,6 +111,14 @@ class ModelConfig:
               "none or a weights file for simple_cnn (it has no ImageNet weights)")
         check(self.fine_tune_after is None or self.mode == "fine-tune", "fine_tune_after",
               "null unless mode is fine-tune")
+        check(4 <= self.width <= 512, "width", "an integer from 4 to 512")
+        check(1 <= self.depth <= 8, "depth", "an integer from 1 to 8")
+        check(1 <= self.convs_per_block <= 4, "convs_per_block", "an integer from 1 to 4")
+        check(0 < self.bn_momentum < 1, "bn_momentum", "a number above 0 and below 1, e.g. 0.99")
+        simple_only = {"width": 32, "depth": 3, "convs_per_block": 1, "bn_momentum": 0.9}
+        for key, default in simple_only.items():
+            check(self.backbone == "simple_cnn" or getattr(self, key) == default, key,
+                  f"the default ({default}) unless backbone is simple_cnn; ImageNet backbones have a fixed shape")
 
 
 @dataclass
@@ -113,6 +137,12 @@ class TrainConfig:
     distribution: Literal["none", "mirrored"] = "none"
     devices: list[str] | None = None  # mirrored only: e.g. ["/gpu:0", "/gpu:1"]; null: every visible GPU
     tensorboard: bool = True  # write tensorboard/ in the run dir: scalars per epoch, the confusion matrix at the end
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"  # learning rate over the epochs
+    warmup_epochs: int = 0  # linear ramp from near 0 to learning_rate over these first epochs
+    plateau_patience: int = 3  # plateau: epochs without a lower val_loss before the rate drops
+    plateau_factor: float = 0.5  # plateau: the rate is multiplied by this
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW for adam); 0: off
+    label_smoothing: float = 0.0  # targets (1 - s) for the class, s / classes spread over all; 0: off
 
     def validate(self, check: _Check) -> None:
         check(0 < self.learning_rate <= 1, "learning_rate", "a number above 0 and at most 1")
@@ -121,6 +151,11 @@ class TrainConfig:
         check(self.early_stopping_patience >= 0, "early_stopping_patience", "an integer >= 0")
         check(self.devices is None or (self.distribution == "mirrored" and len(self.devices) >= 1), "devices",
               "null, or a non-empty list of devices with distribution: mirrored")
+        check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "an integer from 0 to below train.epochs")
+        check(self.plateau_patience >= 1, "plateau_patience", "an integer >= 1")
+        check(0 < self.plateau_factor < 1, "plateau_factor", "a number above 0 and below 1")
+        check(0 <= self.weight_decay < 1, "weight_decay", "a number from 0 to below 1, e.g. 1e-4")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", "a number from 0 to below 1, e.g. 0.1")
 
 
 @dataclass
@@ -141,6 +176,9 @@ class Config:
 
     def validate(self, check: _Check) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
+        if self.data.channels == 1 and self.model.backbone != "simple_cnn":
+            raise UserError(f"{check.source}: data.channels = 1 needs model.backbone simple_cnn; ImageNet "
+                            "backbones take 3 channels, so use data.channels: 3 with them")
         minimum = BACKBONES[self.model.backbone].min_size
         if self.data.image_size < minimum:
             raise UserError(f"{check.source}: data.image_size = {self.data.image_size} is below "
@@ -192,7 +230,7 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, path, source)
     if origin is Literal:
-        if value not in args:
+        if value not in args or (isinstance(value, bool) and bool not in map(type, args)):
             raise UserError(f"{source}: {path} = {value!r} is not allowed; use one of: "
                             + ", ".join(map(str, args)))
         return value

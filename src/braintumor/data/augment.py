@@ -12,6 +12,9 @@ How the study's Keras ImageDataGenerator parameters map:
 - brightness [0.8, 2.0]: pixel values multiplied by a factor uniform in [0.8, 2.0], clipped at 255,
   like ImageDataGenerator's brightness_range (PIL ImageEnhance.Brightness). Keras'
   RandomBrightness is additive, so it is not used.
+Extras for MRI slices (off by default, so the study's configs keep the study's augmentation): zoom
+(factor range, > 1 enlarges: a random resized crop), rotation (± degrees), contrast (factor about
+the image mean) and gamma (on [0, 1] intensities).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
 copies once, seeded (the study's 2870 → 5740). Validation and Testing images are never augmented.
 """
@@ -46,14 +49,35 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
     ty = uniform(1, -cfg.height_shift, cfg.height_shift) * height
     shear = uniform(2, -cfg.shear, cfg.shear) * (math.pi / 180.0)
     flip = tf.where(uniform(3, 0.0, 1.0) < 0.5, -1.0, 1.0) if cfg.horizontal_flip else tf.ones([batch])
-    # Inverse map, output pixel (x, y) → input pixel, about the image centre (cx, cy):
-    # u = x - tx - cx, v = y - ty - cy;  x_in = flip·(u - sin(s)·v) + cx;  y_in = cos(s)·v + cy
+    ones, zeros = tf.ones([batch]), tf.zeros([batch])
+    # the MRI extras draw from seeds of their own, so the study's transforms stay the same draw for draw
+    extra = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(
+        tf.cast(seed, tf.int64), 1), 4)
+
+    def extra_uniform(index: int, low: float, high: float, off: float, extra_dims: int = 0) -> tf.Tensor | None:
+        """None where the key is off (no draw, no arithmetic: the study's output stays bit-identical)."""
+        if low == high == off:
+            return None
+        return tf.random.stateless_uniform([batch] + [1] * extra_dims, extra[index], low, high)
+
+    zoom = extra_uniform(0, *cfg.zoom, off=1.0)
+    zoom = ones if zoom is None else zoom
+    angle = extra_uniform(1, -cfg.rotation, cfg.rotation, off=0.0)
+    radians = zeros if angle is None else angle * (math.pi / 180.0)
+    rot_cos, rot_sin = (ones, zeros) if angle is None else (tf.cos(radians), tf.sin(radians))
+    # Inverse map, output pixel (x, y) → input pixel, about the image centre (cx, cy): with
+    # u = x - tx - cx, v = y - ty - cy, (x_in - cx, y_in - cy) = A · R · (u, v) / zoom, where
+    # A = [[flip, -flip·sin(s)], [0, cos(s)]] undoes shear and flip and R = [[cos r, sin r], [-sin r, cos r]]
+    # undoes the rotation (identity, and zoom 1, when those keys are off)
     cx, cy = (width - 1) / 2, (height - 1) / 2
     sin, cos = tf.sin(shear), tf.cos(shear)
-    zeros = tf.zeros([batch])
+    b11 = (flip * rot_cos + flip * sin * rot_sin) / zoom
+    b12 = (flip * rot_sin - flip * sin * rot_cos) / zoom
+    b21 = -cos * rot_sin / zoom
+    b22 = cos * rot_cos / zoom
     transforms = tf.stack([
-        flip, -flip * sin, cx - flip * (tx + cx) + flip * sin * (ty + cy),
-        zeros, cos, cy - cos * (ty + cy),
+        b11, b12, cx - b11 * (tx + cx) - b12 * (ty + cy),
+        b21, b22, cy - b21 * (tx + cx) - b22 * (ty + cy),
         zeros, zeros,
     ], axis=1)
     moved = tf.raw_ops.ImageProjectiveTransformV3(
@@ -61,7 +85,16 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
         interpolation="BILINEAR", fill_mode=cfg.fill_mode.upper())
     moved.set_shape(images.shape)  # the op forgets the static image size; without it training runs far slower
     low, high = cfg.brightness
-    return tf.clip_by_value(moved * uniform(4, low, high, extra_dims=3), 0.0, 255.0)
+    out = moved * uniform(4, low, high, extra_dims=3)
+    contrast = extra_uniform(2, *cfg.contrast, off=1.0, extra_dims=3)
+    if contrast is not None:  # about each image's own mean, as tf.image.adjust_contrast
+        mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
+        out = mean + contrast * (out - mean)
+    out = tf.clip_by_value(out, 0.0, 255.0)
+    gamma = extra_uniform(3, *cfg.gamma, off=1.0, extra_dims=3)
+    if gamma is not None:
+        out = 255.0 * tf.pow(out / 255.0, gamma)
+    return out
 
 
 def offline_copies(images: np.ndarray, labels: np.ndarray, files: list[str], cfg: AugmentationConfig,

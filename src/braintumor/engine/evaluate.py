@@ -52,11 +52,17 @@ def _leak_free(split: Split, probs: np.ndarray, classes: list[str], seed: int, c
             **compute_metrics(split.labels[keep], probs[keep], classes, seed=seed)}
 
 
-def _evaluate_split(model: keras.Model, split: Split, classes: list[str], out_dir: Path, seed: int, extra: dict,
-                    data_cfg: DataConfig, tta: bool = False, leak_free: bool = False) -> dict:
-    probs = predict(model, split.images)
+def _evaluate_split(model: keras.Model | list[keras.Model], split: Split, classes: list[str], out_dir: Path, seed: int,
+                    extra: dict, data_cfg: DataConfig, tta: bool = False, leak_free: bool = False) -> dict:
+    """Reports of one model, or of the mean probabilities of several (an ensemble), on `split`."""
+    models = model if isinstance(model, list) else [model]
+
+    def probabilities(images: np.ndarray) -> np.ndarray:
+        return np.mean([predict(member, images) for member in models], axis=0)
+
+    probs = probabilities(split.images)
     if tta:
-        flipped = predict(model, split.images[:, :, ::-1])
+        flipped = probabilities(split.images[:, :, ::-1])
         extra = {**extra, "tta": compute_metrics(split.labels, (probs + flipped) / 2, classes, seed=seed)}
     if leak_free:
         extra = {**extra, "leak_free": _leak_free(split, probs, classes, seed, data_cfg)}
@@ -116,3 +122,33 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, split: str = "Tes
                         tta=tta, leak_free=leak_free)
     log.info(f"written to {dest}")
     return dest
+
+
+def evaluate_ensemble(run_dirs: list[Path], split: str = "Testing", out_dir: Path | None = None,
+                      tta: bool = False) -> Path:
+    """`braintumor evaluate --ensemble`: the mean of several runs' probabilities on one split (e.g. the seeds
+    of one configuration), written as the usual reports with leak-free metrics; returns the output folder."""
+    if len(run_dirs) < 2:
+        raise UserError("--ensemble needs at least two run directories; for one run use --run RUN_DIR")
+    configs = [run_config(run_dir) for run_dir in run_dirs]
+    (cfg, classes), pipeline = configs[0], _image_pipeline(configs[0][0])
+    for run_dir, (other, other_classes) in zip(run_dirs[1:], configs[1:], strict=True):
+        if other_classes != classes or _image_pipeline(other) != pipeline:
+            raise UserError(f"{run_dir} has other classes or another image pipeline than {run_dirs[0]} "
+                            f"({other_classes}, {_image_pipeline(other)} vs {classes}, {pipeline}); "
+                            "ensemble only runs trained on the same data, image size and preprocessing")
+    data_cfg = dataclasses.replace(cfg.data, make_synthetic_if_missing=False)
+    models = [load_run_model(run_dir) for run_dir in run_dirs]
+    chosen, _, _, _ = load_split(data_cfg, split, classes)
+    dest = out_dir or run_dirs[0].parent / f"ensemble-{split}-{rundir.timestamp()}"
+    with rundir.staged_dir(dest) as tmp, logs.log_to_file(tmp / "eval.log"):
+        _evaluate_split(models, chosen, classes, tmp, cfg.seed,
+                        {"split": split, "ensemble": [str(run_dir) for run_dir in run_dirs]}, data_cfg,
+                        tta=tta, leak_free=split != cfg.data.train_dir)
+    log.info(f"written to {dest}")
+    return dest
+
+
+def _image_pipeline(cfg: Config) -> tuple:
+    """What decides the images a model sees: the same for every run of an ensemble."""
+    return cfg.data.root, cfg.data.image_size, tuple(cfg.data.preprocess)

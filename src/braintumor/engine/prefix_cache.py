@@ -176,7 +176,7 @@ def _batches(outputs: np.ndarray, labels: np.ndarray, order: tf.data.Dataset) ->
 
     def read(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x, y = tf.numpy_function(gather, [index], (tf.float32, tf.as_dtype(labels.dtype)))
-        return tf.ensure_shape(x, (None, *outputs.shape[1:])), tf.ensure_shape(y, (None,))
+        return tf.ensure_shape(x, (None, *outputs.shape[1:])), tf.ensure_shape(y, (None, *labels.shape[1:]))
 
     return order.map(read).prefetch(2)
 

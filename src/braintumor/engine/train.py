@@ -27,7 +27,7 @@ from braintumor.core.config import Config, TrainConfig, load_config, save_config
 from braintumor.core.errors import UserError, describe
 from braintumor.data import augment
 from braintumor.data.dataset import Dataset, find_classes, load_dataset
-from braintumor.engine import evaluate, prefix_cache
+from braintumor.engine import evaluate, optim, prefix_cache
 from braintumor.engine.callbacks import (
     CHECKPOINTS,
     STATE,
@@ -50,14 +50,6 @@ log = logs.get_logger(__name__)
 
 REPORTS_STAGING = ".reports.partial-staging"  # reports are built here, then renamed in, metrics.json last
 CHECKPOINTS_REMOVING = ".checkpoints.partial-removing"  # checkpoints/ renamed here once the reports are in
-
-
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(cfg.learning_rate)
-    if cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(cfg.learning_rate)
-    return keras.optimizers.SGD(cfg.learning_rate, momentum=0.9)
 
 
 def _class_weight(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
@@ -105,7 +97,7 @@ def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     # the model first: a bad weights file fails in seconds, not after decoding the images
     with distribution(cfg.train.distribution, cfg.train.devices).scope():  # variables live on every replica
         model = (_load_checkpoint(checkpoint) if checkpoint
-                 else build_model(cfg.model, cfg.data.image_size, len(classes)))
+                 else build_model(cfg.model, cfg.data.image_size, len(classes), cfg.data.channels))
     if cfg.model.weights == "none" and cfg.model.backbone != "simple_cnn" and cfg.model.mode != "full":
         log.warning(f"model.weights is none: the {cfg.model.backbone} backbone keeps random, frozen weights, so "
                     f"expect accuracy near chance ({100 / len(classes):.0f} %); use weights: imagenet to learn")
@@ -227,9 +219,10 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: Train
     fit_model = model if where.suffix is None else where.suffix
     xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
     strategy = distribution(cfg.train.distribution, cfg.train.devices)
+    steps_per_epoch = math.ceil(len(labels) / cfg.train.batch_size)
     if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
         with strategy.scope():
-            fit_model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+            fit_model.compile(optimizer=optim.make_optimizer(cfg.train, steps_per_epoch), loss=optim.loss(cfg.train),
                               metrics=["accuracy"], jit_compile=xla)
     if restore:
         fit_model.optimizer.build(fit_model.trainable_variables)
@@ -244,7 +237,9 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: Train
     log.info(f"run directory: {run_dir}")
     patience = cfg.train.early_stopping_patience
     if state.epoch < cfg.train.epochs and not state.stopped_early(patience):
-        inputs, val_inputs = prefix_cache.fit_inputs(cfg, where, images, labels, data.val.images, data.val.labels,
+        targets = optim.targets(cfg.train, labels, len(data.classes))  # one-hot with label smoothing
+        val_targets = optim.targets(cfg.train, data.val.labels, len(data.classes))
+        inputs, val_inputs = prefix_cache.fit_inputs(cfg, where, images, targets, data.val.images, val_targets,
                                                      epochs=range(state.epoch, cfg.train.epochs))
         steps = [History(state, stopper, run_dir / "history.csv"), BestWeights(state, stopper, folder),
                  LastCheckpoint(state, stopper, folder), EarlyStopping(state, stopper, patience),
@@ -252,11 +247,12 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: Train
         tensorboard = ([keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
                        if cfg.train.tensorboard else [])
         fit_model.fit(
-            inputs, steps_per_epoch=math.ceil(len(labels) / cfg.train.batch_size), validation_data=val_inputs,
+            inputs, steps_per_epoch=steps_per_epoch, validation_data=val_inputs,
             batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state.epoch,
             shuffle=False,  # the dataset shuffles, seeded per epoch
             class_weight=_class_weight(cfg.train, labels, len(data.classes)),
-            callbacks=[EpochSeeds(cfg.seed), *steps, *tensorboard, stopper], verbose=1)
+            callbacks=[EpochSeeds(cfg.seed), *optim.schedule_callbacks(cfg.train), *steps, *tensorboard, stopper],
+            verbose=1)
     stopper.check(state.epoch)
     fit_model.load_weights(folder / str(state.best_weights))
     save_atomically(run_dir / "model.keras", model.save)

@@ -58,15 +58,17 @@ class BackbonePreprocess(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
-def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
-    """A small from-scratch baseline: three conv blocks, trains on a CPU in minutes."""
+def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: ModelConfig) -> keras.Model:
+    """A from-scratch CNN: `depth` blocks of `convs_per_block` conv-BN-ReLU layers and a max pool, the
+    filters doubling from `width`. The defaults (3 blocks of one conv, 32-64-128) train on a CPU in minutes."""
     inputs = keras.Input(input_shape)
     x = inputs
-    for block, filters in enumerate((32, 64, 128), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
-        # momentum 0.9: small data sets give few steps per epoch for the moving statistics to settle
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"conv{block}_bn")(x)
-        x = keras.layers.Activation("relu", name=f"conv{block}_relu")(x)
+    for block in range(1, cfg.depth + 1):
+        for conv in range(1, cfg.convs_per_block + 1):
+            name = f"conv{block}" if cfg.convs_per_block == 1 else f"conv{block}_{conv}"
+            x = keras.layers.Conv2D(cfg.width * 2 ** (block - 1), 3, padding="same", use_bias=False, name=name)(x)
+            x = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
+            x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
         x = keras.layers.MaxPooling2D(name=f"conv{block}_pool")(x)
     model = keras.Model(inputs, x, name="simple_cnn")
     if weights:
@@ -90,14 +92,14 @@ def _resolve_weights(cfg: ModelConfig) -> str | None:
     return str(path)
 
 
-def build_backbone(cfg: ModelConfig, image_size: int) -> keras.Model:
+def build_backbone(cfg: ModelConfig, image_size: int, channels: int = 3) -> keras.Model:
     """The backbone alone (no head), with the weights the config asks for."""
     spec = BACKBONES[cfg.backbone]
-    shape = (image_size, image_size, 3)
+    shape = (image_size, image_size, channels)
     weights = _resolve_weights(cfg)
     try:
         if not spec.constructor:
-            return _simple_cnn(shape, weights)
+            return _simple_cnn(shape, weights, cfg)
         return getattr(keras.applications, spec.constructor)(include_top=False, weights=weights, input_shape=shape)
     except Exception as err:  # Keras raises plain Exception/ValueError for both failures below
         if weights is None:
@@ -128,12 +130,27 @@ def _freeze(backbone: keras.Model, cfg: ModelConfig) -> None:
             layer.trainable = index >= first_trainable
 
 
-def build_model(cfg: ModelConfig, image_size: int, num_classes: int) -> keras.Model:
-    """Preprocess → backbone → pooling → dropout → softmax, trainable as `cfg.mode` says."""
-    backbone = build_backbone(cfg, image_size)
+def _grayscale() -> keras.layers.Layer:
+    """RGB → one intensity channel, as a frozen built-in layer (the saved model still takes RGB)."""
+    layer = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, dtype="float32", name="grayscale")
+    layer.build((None, None, None, 3))
+    layer.set_weights([np.full((1, 1, 3, 1), 1 / 3, np.float32)])
+    return layer
+
+
+def build_model(cfg: ModelConfig, image_size: int, num_classes: int, channels: int = 3) -> keras.Model:
+    """Preprocess → [grayscale] → backbone → pooling → dropout → softmax, trainable as `cfg.mode` says.
+
+    The model always takes RGB images; with `channels=1` (data.channels) a fixed layer averages them into
+    one intensity channel, which is all an MRI slice carries, and the backbone's first layer is a third
+    the size.
+    """
+    backbone = build_backbone(cfg, image_size, channels)
     _freeze(backbone, cfg)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = preprocess_layer(cfg.backbone)(inputs)
+    if channels == 1:
+        x = _grayscale()(x)
     # BatchNorm keeps its ImageNet statistics unless the whole backbone is retrained.
     x = backbone(x, training=False) if cfg.mode != "full" else backbone(x)
     pooling = keras.layers.GlobalAveragePooling2D if cfg.pooling == "avg" else keras.layers.GlobalMaxPooling2D

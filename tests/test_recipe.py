@@ -1,0 +1,203 @@
+"""The from-scratch recipe's keys: schedules with warm-up, weight decay, label smoothing, MRI augmentation."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from braintumor.cli import main
+from braintumor.core.config import AugmentationConfig, TrainConfig
+from braintumor.data.augment import augment_batch
+from braintumor.engine import optim
+
+STILL = AugmentationConfig(width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False, brightness=[1, 1])
+
+
+def _history(write_config, tmp_path, **train) -> list[dict]:
+    assert main(["train", str(write_config(train={"epochs": 4, **train}, ))]) == 0
+    (run,) = (tmp_path / "outputs").iterdir()
+    with (run / "history.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(schedule="cosine", learning_rate=0.1, epochs=10, warmup_epochs=2)
+    rate = optim.make_optimizer(cfg, steps_per_epoch=5).learning_rate  # evaluated at iteration 0
+    schedule = optim.learning_rate(cfg, steps_per_epoch=5)
+    at = [float(schedule(step)) for step in (0, 5, 10, 30, 50)]
+    assert float(rate) == pytest.approx(0.0, abs=1e-9)
+    assert at[0] < at[1] < at[2] == pytest.approx(0.1) and at[3] < at[2] and at[4] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_warmup_ramps_the_constant_rate_per_epoch(write_config, tmp_path):
+    rows = _history(write_config, tmp_path, learning_rate=0.004, warmup_epochs=3)
+    rates = [float(row["learning_rate"]) for row in rows]
+    np.testing.assert_allclose(rates, [0.001, 0.002, 0.003, 0.004], rtol=1e-5)
+
+
+def test_plateau_lowers_the_rate_when_validation_loss_stalls():
+    # all-zero inputs and a tiny rate: the validation loss cannot move by min_delta, so it stalls every epoch
+    cfg = TrainConfig(learning_rate=1e-5, schedule="plateau", plateau_patience=1, plateau_factor=0.1)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4, activation="softmax")])
+    model.compile(optimizer=optim.make_optimizer(cfg, steps_per_epoch=1), loss=optim.loss(cfg))
+    x, y = np.zeros((8, 2), np.float32), np.arange(8) % 4
+    history = model.fit(x, y, validation_data=(x, y), epochs=4, verbose=0, callbacks=optim.schedule_callbacks(cfg))
+    np.testing.assert_allclose(history.history["learning_rate"], [1e-5, 1e-5, 1e-6, 1e-7], rtol=1e-4)
+
+
+def test_weight_decay_uses_decoupled_decay():
+    adam = optim.make_optimizer(TrainConfig(weight_decay=1e-2), steps_per_epoch=1)
+    assert isinstance(adam, keras.optimizers.AdamW) and adam.weight_decay == pytest.approx(1e-2)
+    assert optim.make_optimizer(TrainConfig(), steps_per_epoch=1).weight_decay is None
+    # decay alone (zero gradient) shrinks a weight by lr * wd per step
+    sgd = optim.make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1, weight_decay=0.5), steps_per_epoch=1)
+    weight = keras.Variable(np.ones(3, np.float32))
+    sgd.apply_gradients([(np.zeros(3, np.float32), weight)])
+    np.testing.assert_allclose(weight.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)
+
+
+def test_label_smoothing_spreads_the_targets():
+    cfg = TrainConfig(label_smoothing=0.2)
+    targets = optim.targets(cfg, np.array([0, 2]), num_classes=4)
+    probs = np.full((2, 4), 0.25, np.float32)
+    expected = -np.sum(((1 - 0.2) * targets + 0.2 / 4) * np.log(probs), axis=1).mean()
+    assert float(optim.loss(cfg)(targets, probs)) == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_array_equal(optim.targets(TrainConfig(), np.array([0, 2]), 4), [0, 2])
+
+
+def test_a_run_with_the_whole_recipe_completes(write_config, tmp_path):
+    rows = _history(write_config, tmp_path, schedule="cosine", warmup_epochs=1, weight_decay=1e-4,
+                    label_smoothing=0.1)
+    assert len(rows) == 4 and all(np.isfinite(float(row["val_loss"])) for row in rows)
+
+
+# ---------------------------------------------------------------- augmentation extras
+
+def _blob_image(y: int, x: int, size: int = 48) -> np.ndarray:
+    image = np.zeros((1, size, size, 3), np.uint8)
+    image[0, y - 2:y + 3, x - 2:x + 3] = 255
+    return image
+
+
+def _centroid(image: np.ndarray) -> np.ndarray:
+    weight = image[..., 0]
+    ys, xs = np.indices(weight.shape)
+    return np.array([(ys * weight).sum(), (xs * weight).sum()]) / weight.sum()
+
+
+def _run(images, cfg, seed=(1, 2)):
+    return augment_batch(images, tf.constant(seed, tf.int64), cfg).numpy()
+
+
+def test_zoom_moves_points_away_from_the_centre_by_the_factor():
+    image = _blob_image(11, 23)  # 12.5 px above the centre (23.5, 23.5)
+    zoomed = _run(image, dataclasses.replace(STILL, zoom=[1.5, 1.5]))
+    np.testing.assert_allclose(_centroid(zoomed[0]) - 23.5, 1.5 * (_centroid(image[0]) - 23.5), atol=0.3)
+
+
+def test_rotation_keeps_the_distance_from_the_centre_and_turns_the_point():
+    image = _blob_image(11, 23)
+    before = _centroid(image[0]) - 23.5
+    angles = []
+    for seed in range(6):
+        after = _centroid(_run(image, dataclasses.replace(STILL, rotation=40), seed=(seed, 0))[0]) - 23.5
+        assert np.linalg.norm(after) == pytest.approx(np.linalg.norm(before), abs=0.4)
+        angles.append(np.degrees(np.arctan2(after[0], after[1]) - np.arctan2(before[0], before[1])))
+    assert max(abs(a) for a in angles) <= 40.5 and np.ptp(angles) > 10
+
+
+def test_gamma_and_contrast_follow_their_formulas():
+    rng = np.random.default_rng(0)
+    image = rng.integers(20, 230, (2, 16, 16, 3)).astype(np.uint8)
+    gamma = _run(image, dataclasses.replace(STILL, gamma=[2.0, 2.0]))
+    np.testing.assert_allclose(gamma, 255 * (image / 255.0) ** 2, atol=1e-2)
+    contrast = _run(image, dataclasses.replace(STILL, contrast=[0.5, 0.5]))
+    mean = image.reshape(2, -1).mean(1)[:, None, None, None]
+    np.testing.assert_allclose(contrast, mean + 0.5 * (image - mean), atol=1e-2)
+
+
+@pytest.mark.parametrize(("key", "value"), [("zoom", [0, 1]), ("zoom", [1.2, 1.1]), ("rotation", 200),
+                                            ("gamma", [1]), ("contrast", [-1, 1])])
+def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
+    assert main(["validate", str(write_config(augmentation={"enabled": True, key: value}))]) == 2
+    assert f"augmentation.{key}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("key", "value"), [("schedule", "step"), ("warmup_epochs", 5), ("weight_decay", -1),
+                                            ("label_smoothing", 1.0), ("plateau_factor", 1.5)])
+def test_bad_recipe_values_name_the_key(write_config, capsys, key, value):
+    assert main(["validate", str(write_config(train={"epochs": 5, key: value}))]) == 2
+    assert f"train.{key}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- from-scratch models
+
+def test_simple_cnn_width_depth_and_convs_shape_the_network():
+    from braintumor.core.config import ModelConfig
+    from braintumor.models.build import build_model
+
+    model = build_model(ModelConfig(backbone="simple_cnn", weights="none", mode="full", width=8, depth=4,
+                                    convs_per_block=2, bn_momentum=0.99), 32, 4)
+    backbone = model.get_layer("simple_cnn")
+    convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [8, 8, 16, 16, 32, 32, 64, 64]
+    assert backbone.output.shape[1:] == (2, 2, 64)  # four poolings of 32 px
+    assert {layer.momentum for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.99}
+
+
+def test_grayscale_model_takes_rgb_and_sees_one_channel(write_config, tmp_path):
+    assert main(["train", str(write_config(data={"channels": 1}, model={"width": 8}))]) == 0
+    (run,) = (tmp_path / "outputs").iterdir()
+    model = keras.models.load_model(run / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.get_layer("simple_cnn").input_shape == (None, 32, 32, 1)
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    gray = np.repeat(rgb.mean(-1, keepdims=True), 3, axis=-1)
+    np.testing.assert_allclose(model.predict(rgb, verbose=0), model.predict(gray, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize(("sections", "key"), [
+    ({"data": {"channels": 2}}, "data.channels"),
+    ({"data": {"channels": True}}, "data.channels"),
+    ({"data": {"channels": 1}, "model": {"backbone": "vgg16"}}, "data.channels"),
+    ({"model": {"backbone": "vgg16", "width": 64}}, "model.width"),
+    ({"model": {"depth": 0}}, "model.depth"),
+    ({"model": {"bn_momentum": 1.0}}, "model.bn_momentum"),
+])
+def test_bad_model_values_name_the_key(write_config, capsys, sections, key):
+    assert main(["validate", str(write_config(**sections))]) == 2
+    assert key in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- seed ensembles
+
+def test_ensemble_averages_the_runs_probabilities(write_config, tmp_path, capsys):
+    from braintumor.results.reports import read_predictions
+
+    for seed in (0, 1):
+        assert main(["train", str(write_config(f"seed{seed}", seed=seed))]) == 0
+    runs = sorted((tmp_path / "outputs").iterdir())
+    out = tmp_path / "ensemble"
+    assert main(["evaluate", "--ensemble", *map(str, runs), "--out", str(out)]) == 0
+    files, _, probs, _ = read_predictions(out / "predictions.csv")
+    members = [read_predictions(run / "predictions.csv") for run in runs]
+    assert all(member[0] == files for member in members)
+    np.testing.assert_allclose(probs, np.mean([member[2] for member in members], axis=0), atol=2e-4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ensemble"] == [str(run) for run in runs] and "leak_free" in metrics
+
+
+def test_ensemble_refuses_runs_with_another_image_pipeline(write_config, tmp_path, capsys):
+    assert main(["train", str(write_config("small"))]) == 0
+    assert main(["train", str(write_config("large", data={"image_size": 40}))]) == 0
+    runs = sorted((tmp_path / "outputs").iterdir())
+    assert main(["evaluate", "--ensemble", *map(str, runs)]) == 2
+    assert "image pipeline" in capsys.readouterr().err
+    assert not any(p.name.startswith("ensemble") for p in (tmp_path / "outputs").iterdir())
