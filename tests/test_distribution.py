@@ -12,6 +12,7 @@ import pytest
 
 from braintumor.core.config import parse_config
 from braintumor.core.errors import UserError
+from braintumor.data.synth import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ from braintumor.engine.train import run
 base, results = Path(sys.argv[1]), {}
 for distribution in ("none", "mirrored"):
     overrides = [f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", f"output.dir={base / 'out'}",
-                 f"train.distribution={distribution}"]
+                 f"train.distribution={distribution}", "train.epochs=8"]
     if distribution == "mirrored":
         overrides.append("train.devices=[/cpu:0,/cpu:1]")
     run_dir = run(load_config(Path(sys.argv[2]), overrides))
@@ -39,6 +40,7 @@ print("RESULTS " + json.dumps(results))
 
 @pytest.mark.slow
 def test_quickstart_under_mirrored_on_two_cpu_devices_matches_single_device(tmp_path):
+    make_dataset(tmp_path / "synthetic")  # the quickstart's data set, at a path of the test's own
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(REPO / "configs" / "quickstart.yaml")],
                           capture_output=True, text=True, env=env, timeout=1200)
