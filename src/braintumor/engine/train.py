@@ -106,10 +106,6 @@ def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     return Prepared(data, images, labels, model, precision, precision_reason)
 
 
-def train_from_file(path: Path, overrides: list[str]) -> Path:
-    return run(load_config(path, overrides))
-
-
 def run(cfg: Config) -> Path:
     """Train one experiment into a new run directory; returns its path."""
     parent = Path(cfg.output.dir).expanduser()
