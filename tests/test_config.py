@@ -109,9 +109,9 @@ def test_shipped_configs_document_themselves_and_state_only_differences(path):
     load_config(path)
 
 
-def test_thirteen_configs_including_the_studys_chosen_model():
+def test_fourteen_configs_including_the_studys_chosen_model_and_the_scratch_recipe():
     names = {p.name for p in CONFIGS}
-    assert len(names) == 13 and "inception_rmsprop.yaml" in names and "quickstart.yaml" in names
+    assert len(names) == 14 and {"inception_rmsprop.yaml", "quickstart.yaml", "scratch.yaml"} <= names
     cfg = load_config(Path(CONFIGS[0]).parent / "inception_rmsprop.yaml")
     assert (cfg.model.backbone, cfg.model.mode, cfg.train.optimizer, cfg.train.learning_rate) == \
         ("inceptionv3", "fine-tune", "rmsprop", 1e-5)
@@ -120,7 +120,7 @@ def test_thirteen_configs_including_the_studys_chosen_model():
 
 def test_validate_cli_accepts_all_shipped_configs(capsys):
     assert main(["validate", *map(str, CONFIGS)]) == 0
-    assert capsys.readouterr().out.count("ok ") == 13
+    assert capsys.readouterr().out.count("ok ") == 14
 
 
 @pytest.mark.parametrize("content, key", [
