@@ -289,10 +289,11 @@ def test_labels_from_users_cannot_run_as_formulas_or_break_markdown_tables(tmp_p
         assert len({len(re.split(r"(?<!\\)\|", line)) for line in table.splitlines()}) == 1, table
 
 
-def add_leak_free(run: Path, accuracy: float) -> None:
-    """What training stores: the leak-free subset's metrics under `leak_free` in metrics.json."""
+def add_leak_free(run: Path, accuracy: float, train_seconds: float = 600.0) -> None:
+    """What training stores: the leak-free subset's metrics under `leak_free` in metrics.json, and the training time."""
     path = run / "metrics.json"
-    write_json(path, {**json.loads(path.read_text()), "leak_free": {"accuracy": accuracy, "n": 40, "excluded": 20}})
+    write_json(path, {**json.loads(path.read_text()), "leak_free": {"accuracy": accuracy, "n": 40, "excluded": 20},
+                      "train_seconds": train_seconds})
 
 
 def test_runs_differing_only_in_seed_are_pooled_into_one_configuration(tmp_path, caplog):
@@ -300,7 +301,7 @@ def test_runs_differing_only_in_seed_are_pooled_into_one_configuration(tmp_path,
     seeds = {}
     for seed, leak_free in ((0, 0.5), (1, 0.6), (2, 0.7)):
         run = make_run(tmp_path, f"vgg16_full-s{seed}-20240101-000000", label="VGG16-I", seed=seed)
-        add_leak_free(run, leak_free)
+        add_leak_free(run, leak_free, train_seconds=600.0 + 60 * seed)
         seeds[seed] = run
     make_run(tmp_path, "vgg16_adam-s0-20240101-000000", label="VGG16-II", seed=5)
     out = compare_runs(tmp_path, out_dir=tmp_path / "cmp", metric="leak_free", study=True)
@@ -314,11 +315,13 @@ def test_runs_differing_only_in_seed_are_pooled_into_one_configuration(tmp_path,
     assert (pooled["runs"], pooled["seeds"]) == ("3", "0 1 2")
     accuracies = [recompute(run)["accuracy"] for run in seeds.values()]
     glioma = [recompute(run)["per_class"]["glioma_tumor"]["recall"] for run in seeds.values()]
-    for name, values in (("accuracy", accuracies), ("glioma_recall", glioma), ("leak_free", [0.5, 0.6, 0.7])):
+    for name, values in (("accuracy", accuracies), ("glioma_recall", glioma), ("leak_free", [0.5, 0.6, 0.7]),
+                         ("train_minutes", [10.0, 11.0, 12.0])):
         assert float(pooled[f"{name}_mean"]) == pytest.approx(np.mean(values), rel=1e-12)
         assert float(pooled[f"{name}_std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-12)
         assert (float(pooled[f"{name}_min"]), float(pooled[f"{name}_max"])) == (min(values), max(values))
     assert rows["VGG16-II"]["runs"] == "1" and rows["VGG16-II"]["accuracy_std"] == ""
+    assert rows["VGG16-II"]["train_minutes_mean"] == ""  # a run without a stored training time
     assert float(summary["vgg16_full-s2-20240101-000000"]["leak_free"]) == 0.7
     # ranked by leak-free accuracy; the run without it comes last
     assert [row["leak_free"] for row in read_csv(out / "summary.csv")] == ["0.7", "0.6", "0.5", ""]
@@ -327,6 +330,7 @@ def test_runs_differing_only_in_seed_are_pooled_into_one_configuration(tmp_path,
     assert "## Configurations over seeds" in report
     mean_accuracy = f"{np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f}"
     assert mean_accuracy in report and mean_accuracy in caplog.text
+    assert "11.0 ± 1.0 [10.0 – 12.0]" in report  # training minutes
 
 
 def test_study_layout_puts_experiments_side_by_side_with_the_published_figures(tmp_path):

@@ -120,6 +120,11 @@ def test_local_sweep_runs_in_parallel_and_compare_pools_the_seeds(write_config, 
         (row,) = list(csv.DictReader(handle))
     assert row["runs"] == "2" and row["seeds"] == "0 1"
     assert float(row["accuracy_min"]) <= float(row["accuracy_mean"]) <= float(row["accuracy_max"])
+    # each run's training time (its epochs, validation included) is stored and pooled
+    seconds = [json.loads(path.read_text())["train_seconds"] for path in sweep_dir.glob("tiny-s*-*/metrics.json")]
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert float(row["train_minutes_mean"]) == pytest.approx(sum(seconds) / len(seconds) / 60, abs=1e-6)
+    assert "training minutes" in (out / "comparison.md").read_text()
 
 
 @pytest.mark.slow

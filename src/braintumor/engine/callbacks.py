@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)  # one row per completed epoch, as in history.csv
     last_checkpoint: str | None = None  # file under checkpoints/: the whole model after `epoch`, optimizer included
     best_weights: str | None = None  # file under checkpoints/: the weights of `best_epoch`
+    train_seconds: float = 0.0  # wall time of the completed epochs (validation included), over every session
 
     @classmethod
     def load(cls, path: Path) -> TrainingState:
@@ -82,13 +84,20 @@ class EpochEndStep(keras.callbacks.Callback):
 
 
 class History(EpochEndStep):
+    """The history row, and the epoch's wall time added to the state's training time."""
+
     def __init__(self, state: TrainingState, stopper: StopOnSignal, path: Path):
         super().__init__(state, stopper)
         self.path = path
+        self.epoch_started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_started = time.perf_counter()
 
     def epoch_end(self, epoch: int, logs: dict) -> None:
         row = {"epoch": epoch + 1, **{key: float(value) for key, value in sorted(logs.items())}}
         self.state.history = [*self.state.history[:epoch], row]
+        self.state.train_seconds += time.perf_counter() - self.epoch_started
         write_history(self.path, self.state.history)
 
 

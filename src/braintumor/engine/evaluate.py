@@ -82,13 +82,13 @@ def _print_summary(split: str, metrics: dict, n: int) -> None:
 
 
 def report_training_run(run_dir: Path, cfg: Config, data: Dataset, best_epoch: int | None,
-                        out_dir: Path | None = None) -> dict:
+                        train_seconds: float, out_dir: Path | None = None) -> dict:
     """Testing metrics (official and leak-free) and plots of a finished run, written into `out_dir`
     (default: the run directory)."""
     out_dir = out_dir or run_dir
     model = load_run_model(run_dir)
-    metrics = _evaluate_split(model, data.test, data.classes, out_dir, cfg.seed,
-                              {"split": cfg.data.test_dir, "best_epoch": best_epoch}, cfg.data, leak_free=True)
+    about = {"split": cfg.data.test_dir, "best_epoch": best_epoch, "train_seconds": train_seconds}
+    metrics = _evaluate_split(model, data.test, data.classes, out_dir, cfg.seed, about, cfg.data, leak_free=True)
     reports.plot_curves(run_dir / "history.csv", out_dir / "curves.png")
     return metrics
 

@@ -253,24 +253,24 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: Train
     fit_model.load_weights(folder / str(state.best_weights))
     save_atomically(run_dir / "model.keras", model.save)
     stopper.check(state.epoch)
-    _write_reports(run_dir, cfg, data, state.best_epoch)
+    _write_reports(run_dir, cfg, data, state)
     stopper.check(state.epoch)
     _complete(run_dir)
     log.info(f"done: {run_dir}")
     return run_dir
 
 
-def _write_reports(run_dir: Path, cfg: Config, data: Dataset, best_epoch: int | None) -> None:
+def _write_reports(run_dir: Path, cfg: Config, data: Dataset, state: TrainingState) -> None:
     """The Testing reports, each renamed into the run directory, metrics.json last: once it is there, all are."""
     staging = run_dir / REPORTS_STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    evaluate.report_training_run(run_dir, cfg, data, best_epoch, out_dir=staging)
+    evaluate.report_training_run(run_dir, cfg, data, state.best_epoch, round(state.train_seconds, 1), out_dir=staging)
     for path in sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json"):
         os.replace(path, run_dir / path.name)
     staging.rmdir()
     if cfg.train.tensorboard:
-        _confusion_matrix_summary(run_dir, best_epoch or 0)
+        _confusion_matrix_summary(run_dir, state.best_epoch or 0)
 
 
 def _confusion_matrix_summary(run_dir: Path, step: int) -> None:

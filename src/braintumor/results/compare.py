@@ -35,7 +35,9 @@ log = get_logger(__name__)
 RESULT_FILES = ("metrics.json", "predictions.csv")
 LEAK_FREE = "leak_free"  # accuracy on the Testing images without a Training twin (stored in metrics.json)
 METRICS = (*RANKABLE, LEAK_FREE)
-SEED_STATS = ("accuracy", "macro_f1", "glioma_recall", LEAK_FREE)  # mean ± std, min–max per configuration
+TRAIN_MINUTES = "train_minutes"  # training wall time of a run (metrics.json's train_seconds / 60)
+# mean ± std, min–max per configuration
+SEED_STATS = ("accuracy", "macro_f1", "glioma_recall", LEAK_FREE, TRAIN_MINUTES)
 NOT_CONFIGURATION = ("seed", "name", "output")  # config keys in which runs of one configuration may differ
 AVERAGES = ("macro_precision", "macro_recall", "macro_f1",
             "weighted_precision", "weighted_recall", "weighted_f1")
@@ -215,11 +217,15 @@ def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Resu
     for part in ("leak_free", "tta"):  # computed at evaluation from data predictions.csv does not hold
         if isinstance(stored.get(part), dict):
             metrics[part] = stored[part]
+    if isinstance(stored.get("train_seconds"), (int, float)):  # training runs only, not evaluations
+        metrics["train_seconds"] = float(stored["train_seconds"])
     return Result(label, backbone, relative, files, correct, metrics)
 
 
 def _value(metrics: dict, name: str) -> float | None:
-    """A METRICS name, or glioma_recall (None without a glioma class)."""
+    """A METRICS name, glioma_recall (None without a glioma class) or train_minutes (None without a time)."""
+    if name == TRAIN_MINUTES:
+        return metrics["train_seconds"] / 60 if "train_seconds" in metrics else None
     if name == LEAK_FREE:
         return (metrics.get(LEAK_FREE) or {}).get("accuracy")
     if name == "glioma_recall":
@@ -391,7 +397,7 @@ def _summary_markdown(rows: list[dict]) -> str:
 
 def _configurations_markdown(configurations: list[Configuration]) -> str:
     header = ("group", "label", "backbone", "runs", "seeds", "accuracy", "macro F1", "glioma recall",
-              "leak-free accuracy")
+              "leak-free accuracy", "training minutes")
     body = []
     for row in _configuration_rows(configurations):
         body.append([row["group"].split()[0], row["label"], row["backbone"], row["runs"], row["seeds"],
@@ -402,10 +408,11 @@ def _configurations_markdown(configurations: list[Configuration]) -> str:
 def _spread(row: dict, name: str) -> str:
     if row[f"{name}_mean"] is None:
         return "n/a"
-    if row[f"{name}_std"] is None:
-        return f"{row[f'{name}_mean']:.4f}"
-    return (f"{row[f'{name}_mean']:.4f} ± {row[f'{name}_std']:.4f} "
-            f"[{row[f'{name}_min']:.4f} – {row[f'{name}_max']:.4f}]")
+    digits = 1 if name == TRAIN_MINUTES else 4
+    mean, std, low, high = (row[f"{name}_{stat}"] for stat in ("mean", "std", "min", "max"))
+    if std is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} [{low:.{digits}f} – {high:.{digits}f}]"
 
 
 def published_results() -> dict:
