@@ -101,12 +101,16 @@ class History(EpochEndStep):
         write_history(self.path, self.state.history)
 
 
-class BestWeights(EpochEndStep):
-    """Keeps the weights of the epoch with the lowest validation loss (training loss without validation)."""
+class CheckpointStep(EpochEndStep):
+    """An epoch-end job that writes into the checkpoints folder."""
 
     def __init__(self, state: TrainingState, stopper: StopOnSignal, folder: Path):
         super().__init__(state, stopper)
         self.folder = folder
+
+
+class BestWeights(CheckpointStep):
+    """Keeps the weights of the epoch with the lowest validation loss (training loss without validation)."""
 
     def epoch_end(self, epoch: int, logs: dict) -> None:
         row = self.state.history[-1]
@@ -120,12 +124,8 @@ class BestWeights(EpochEndStep):
             self.state.wait += 1
 
 
-class LastCheckpoint(EpochEndStep):
+class LastCheckpoint(CheckpointStep):
     """The whole model after each epoch, optimizer state included, for `--resume`."""
-
-    def __init__(self, state: TrainingState, stopper: StopOnSignal, folder: Path):
-        super().__init__(state, stopper)
-        self.folder = folder
 
     def epoch_end(self, epoch: int, logs: dict) -> None:
         name = f"last-epoch{epoch + 1}.keras"
@@ -146,12 +146,8 @@ class EarlyStopping(EpochEndStep):
             self.model.stop_training = True
 
 
-class SaveState(EpochEndStep):
+class SaveState(CheckpointStep):
     """Writes the state file, last of all epoch-end work, then deletes the checkpoint files it no longer names."""
-
-    def __init__(self, state: TrainingState, stopper: StopOnSignal, folder: Path):
-        super().__init__(state, stopper)
-        self.folder = folder
 
     def epoch_end(self, epoch: int, logs: dict) -> None:
         self.state.epoch = epoch + 1
