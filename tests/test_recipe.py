@@ -201,3 +201,56 @@ def test_ensemble_refuses_runs_with_another_image_pipeline(write_config, tmp_pat
     assert main(["evaluate", "--ensemble", *map(str, runs)]) == 2
     assert "image pipeline" in capsys.readouterr().err
     assert not any(p.name.startswith("ensemble") for p in (tmp_path / "outputs").iterdir())
+
+
+# ---------------------------------------------------------------- precise BatchNorm
+
+def test_precise_bn_sets_moving_statistics_to_the_mean_of_clean_batch_statistics():
+    from braintumor.engine.callbacks import PreciseBatchNorm
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    normalised = keras.layers.BatchNormalization(momentum=0.99, name="bn")(features)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(normalised))
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(0).integers(0, 255, (40, 16, 16, 3)).astype(np.uint8)
+    weights_before = [w.copy() for w in model.get_weights()]
+
+    callback = PreciseBatchNorm(images, batch_size=8, seed=3, count=24)  # 3 batches of 8
+    callback.set_model(model)
+    callback.on_test_begin()
+
+    conv = keras.Model(inputs, features)
+    batches = [conv(batch).numpy() for batch in callback.batches]
+    assert len(batches) == 3 and sum(len(b) for b in batches) == 24
+    expected_mean = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    expected_var = np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0)
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), expected_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), expected_var, rtol=1e-3, atol=1e-5)
+    assert bn.momentum == 0.99  # restored
+    for before, after, variable in zip(weights_before, model.get_weights(), model.weights, strict=True):
+        if "moving" not in variable.path:  # only the statistics change, never a learned weight
+            np.testing.assert_array_equal(before, after)
+
+
+def test_a_run_with_precise_bn_trains_and_matches_its_validation_when_evaluated(write_config, tmp_path):
+    rows = _history(write_config, tmp_path, precise_bn=True)
+    assert len(rows) == 4 and all(np.isfinite(float(row["val_loss"])) for row in rows)
+    (run,) = (tmp_path / "outputs").iterdir()
+    best = json.loads((run / "metrics.json").read_text())["best_epoch"]
+    assert main(["evaluate", "--run", str(run), "--split", "validation", "--out", str(tmp_path / "val")]) == 0
+    validation = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    # the saved model carries the statistics its validation epoch was scored with
+    assert validation["accuracy"] == pytest.approx(float(rows[best - 1]["val_accuracy"]), abs=1e-6)
+
+
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"model": {"backbone": "vgg16", "weights": "none", "mode": "fine-tune"}, "train": {"precise_bn": True}},
+     "train.precise_bn = True needs model.mode full"),
+    ({"train": {"precise_bn": True, "distribution": "mirrored"}}, "train.precise_bn"),
+])
+def test_precise_bn_outside_full_single_device_training_is_refused(write_config, capsys, sections, message):
+    assert main(["validate", str(write_config(**sections))]) == 2
+    assert message in capsys.readouterr().err

@@ -143,6 +143,8 @@ class TrainConfig:
     plateau_factor: float = 0.5  # plateau: the rate is multiplied by this
     weight_decay: float = 0.0  # decoupled weight decay (AdamW for adam); 0: off
     label_smoothing: float = 0.0  # targets (1 - s) for the class, s / classes spread over all; 0: off
+    # before each validation, BatchNorm statistics recomputed on un-augmented training images (mode full)
+    precise_bn: bool = False
 
     def validate(self, check: _Check) -> None:
         check(0 < self.learning_rate <= 1, "learning_rate", "a number above 0 and at most 1")
@@ -156,6 +158,8 @@ class TrainConfig:
         check(0 < self.plateau_factor < 1, "plateau_factor", "a number above 0 and below 1")
         check(0 <= self.weight_decay < 1, "weight_decay", "a number from 0 to below 1, e.g. 1e-4")
         check(0 <= self.label_smoothing < 1, "label_smoothing", "a number from 0 to below 1, e.g. 0.1")
+        check(not self.precise_bn or self.distribution == "none", "precise_bn",
+              "false with distribution: mirrored (the statistics are recomputed on one device)")
 
 
 @dataclass
@@ -176,6 +180,9 @@ class Config:
 
     def validate(self, check: _Check) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
+        if self.train.precise_bn and self.model.mode != "full":
+            raise UserError(f"{check.source}: train.precise_bn = True needs model.mode full; in {self.model.mode} "
+                            "mode BatchNorm keeps its ImageNet statistics, so there is nothing to recompute")
         if self.data.channels == 1 and self.model.backbone != "simple_cnn":
             raise UserError(f"{check.source}: data.channels = 1 needs model.backbone simple_cnn; ImageNet "
                             "backbones take 3 channels, so use data.channels: 3 with them")

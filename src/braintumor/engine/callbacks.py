@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from braintumor.core import rundir
 from braintumor.core.atomic import atomic_output, write_json
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
+from braintumor.models.build import computing_layers
 from braintumor.results.reports import write_csv
 
 log = get_logger(__name__)
@@ -176,6 +178,36 @@ def save_atomically(path: Path, save: Callable[[Path], object]) -> None:
             keras_tmp.rename(tmp)
         finally:
             keras_tmp.unlink(missing_ok=True)
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Before each validation, every learning BatchNorm layer's moving mean and variance become the average
+    of its batch statistics over un-augmented training images ("precise BN", Wu & Johnson 2021).
+
+    The moving averages otherwise mix statistics of weights from earlier steps (momentum 0.99: about the last
+    100 batches) and of augmented images, which validation and Testing never see; with augmentation as strong
+    as the from-scratch recipe's, validation accuracy then jumped between 0.45 and 0.92 from epoch to epoch.
+    Training is unchanged: in training mode BatchNorm normalises with each batch's own statistics.
+    """
+
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int, count: int = 512):
+        super().__init__()
+        pick = np.random.default_rng(seed).permutation(len(images))[:count]
+        self.batches = [images[np.sort(pick[start:start + batch_size])].astype(np.float32)
+                        for start in range(0, len(pick), batch_size)]
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        layers = [layer for layer in computing_layers(self.model)
+                  if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+        momenta = [layer.momentum for layer in layers]
+        try:
+            for index, batch in enumerate(self.batches):
+                for layer in layers:  # a running mean of the batch statistics: batch k gets weight 1 / k
+                    layer.momentum = index / (index + 1)
+                self.model(batch, training=True)
+        finally:
+            for layer, momentum in zip(layers, momenta, strict=True):
+                layer.momentum = momentum
 
 
 class EpochSeeds(keras.callbacks.Callback):

@@ -36,6 +36,7 @@ from braintumor.engine.callbacks import (
     EpochSeeds,
     History,
     LastCheckpoint,
+    PreciseBatchNorm,
     SaveState,
     StopOnSignal,
     TrainingState,
@@ -240,6 +241,7 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: Train
         steps = [History(state, stopper, run_dir / "history.csv"), BestWeights(state, stopper, folder),
                  LastCheckpoint(state, stopper, folder), EarlyStopping(state, stopper, patience),
                  SaveState(state, stopper, folder)]
+        precise_bn = [PreciseBatchNorm(images, cfg.train.batch_size, cfg.seed)] if cfg.train.precise_bn else []
         tensorboard = ([keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
                        if cfg.train.tensorboard else [])
         fit_model.fit(
@@ -247,7 +249,8 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: Train
             batch_size=cfg.train.batch_size, epochs=cfg.train.epochs, initial_epoch=state.epoch,
             shuffle=False,  # the dataset shuffles, seeded per epoch
             class_weight=_class_weight(cfg.train, labels, len(data.classes)),
-            callbacks=[EpochSeeds(cfg.seed), *optim.schedule_callbacks(cfg.train), *steps, *tensorboard, stopper],
+            callbacks=[EpochSeeds(cfg.seed), *optim.schedule_callbacks(cfg.train), *precise_bn, *steps, *tensorboard,
+                       stopper],
             verbose=1)
     stopper.check(state.epoch)
     fit_model.load_weights(folder / str(state.best_weights))
