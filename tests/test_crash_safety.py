@@ -137,7 +137,10 @@ def test_resume_continues_the_same_random_streams(write_config, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 2 <= _epochs_done(run_dir) < 4
+    seconds_before_kill = json.loads((run_dir / "checkpoints" / "state.json").read_text())["train_seconds"]
     assert main(["train", "--resume", str(run_dir)]) == 0
+    # the training time adds the resumed session's epochs to the killed one's
+    assert json.loads((run_dir / "metrics.json").read_text())["train_seconds"] > seconds_before_kill > 0
 
     def history(folder: Path) -> np.ndarray:
         with (folder / "history.csv").open() as handle:

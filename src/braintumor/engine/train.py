@@ -268,7 +268,7 @@ def _write_reports(run_dir: Path, cfg: Config, data: Dataset, state: TrainingSta
     staging = run_dir / REPORTS_STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    evaluate.report_training_run(run_dir, cfg, data, state.best_epoch, round(state.train_seconds, 1), out_dir=staging)
+    evaluate.report_training_run(run_dir, cfg, data, state.best_epoch, round(state.train_seconds, 3), out_dir=staging)
     for path in sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json"):
         os.replace(path, run_dir / path.name)
     staging.rmdir()
