@@ -11,7 +11,7 @@ import pytest
 from braintumor.cli import main
 from braintumor.data.synth import make_dataset
 
-RUN_ONLY_KEYS = {"split", "best_epoch", "data_root", "run"}
+RUN_ONLY_KEYS = {"split", "best_epoch", "train_seconds", "data_root", "run"}  # stored by a run or an evaluation only
 
 
 @pytest.fixture
