@@ -308,19 +308,19 @@ def predict_throughput(plan: Plan, source: Path, work: Path) -> tuple[str, str, 
     bare model.predict on the same images already decoded, same model and batch; the model load is not timed on
     either side. Runs in turn, median of three each. Returns the report row."""
     from braintumor.apps.predict import decoded_batches, load_run, predict_batch
-    from braintumor.core.config import save_config
+    from braintumor.core.run import Run
     from braintumor.data.files import walk
 
     folder = _subset(source, work / "predict-data", plan.pipeline_every) / "Testing"
     cfg = _config("vgg16_adam", work, source, plan.speed_size, "train.precision=float32")
-    run_dir = work / "predict-run"
-    run_dir.mkdir()
-    save_config(cfg, run_dir / "config.yaml")
+    made = Run(work / "predict-run")
+    made.path.mkdir()
+    made.save_config(cfg)
     classes = sorted(p.name for p in folder.iterdir())
-    (run_dir / "data.json").write_text(json.dumps({"classes": classes}))
+    made.write_data({"classes": classes})
     keras.utils.set_random_seed(0)
-    build_model(cfg.model, plan.speed_size, len(classes)).save(run_dir / "model.keras")
-    run, files, batch = load_run(run_dir), walk(folder)[0], 32
+    build_model(cfg.model, plan.speed_size, len(classes)).save(made.model)
+    run, files, batch = load_run(made), walk(folder)[0], 32
 
     def command() -> float:
         start, skipped = time.perf_counter(), []

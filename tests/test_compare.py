@@ -20,8 +20,8 @@ from sklearn.metrics import (
 )
 
 from braintumor.cli import main
+from braintumor.core.atomic import write_json
 from braintumor.core.errors import UserError
-from braintumor.core.rundir import write_json
 from braintumor.results.compare import compare_runs
 from braintumor.results.reports import write_evaluation
 

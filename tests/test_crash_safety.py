@@ -21,8 +21,9 @@ import yaml
 from test_train import CONTRACT
 
 from braintumor.cli import main
-from braintumor.core import rundir
-from braintumor.engine.evaluate import load_run_model
+from braintumor.core.atomic import write_json
+from braintumor.core.run import Run
+from braintumor.models.saved import load_run_model
 from braintumor.results.reports import read_predictions
 
 
@@ -76,7 +77,7 @@ def check_contract(run_dir: Path, epochs: int) -> None:
     for name in ("confusion_matrix.png", "curves.png"):
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "tensorboard" / "train").is_dir() and "done: " in (run_dir / "train.log").read_text()
-    load_run_model(run_dir)
+    load_run_model(Run(run_dir))
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def test_a_live_run_is_not_resumed_and_a_dead_ones_stale_lock_is_taken_over(slow
     assert len(err.splitlines()) == 1 and f"is being trained by pid {process.pid} on " in err
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert f"pid {process.pid}" in (run_dir / rundir.LOCK).read_text()  # stale: its process is dead
+    assert f"pid {process.pid}" in Run(run_dir).lock_file.read_text()  # stale: its process is dead
     assert main(["train", "--resume", str(run_dir)]) == 0
     check_contract(run_dir, 6)
 
@@ -208,15 +209,16 @@ def tiny_disk(tmp_path):
 def test_status_is_written_on_a_full_disk(tiny_disk):
     run_dir = tiny_disk / "run"
     run_dir.mkdir()
-    rundir.set_status(run_dir, "running")
-    rundir.reserve_space(run_dir)
+    run = Run(run_dir)
+    run.set_status("running")
+    run.reserve_space()
     with pytest.raises(OSError), (tiny_disk / "filler").open("wb") as filler:
         while True:
             filler.write(b"\0" * 65536)
             filler.flush()
     with pytest.raises(OSError):
-        rundir.write_json(tiny_disk / "other.json", {"state": "failed"})  # the disk really is full
-    rundir.set_status(run_dir, "failed", "disk full")
+        write_json(tiny_disk / "other.json", {"state": "failed"})  # the disk really is full
+    run.set_status("failed", "disk full")
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
 
 

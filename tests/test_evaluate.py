@@ -57,7 +57,7 @@ def test_another_tree_with_the_same_classes_and_a_mismatched_one(run_copy, tmp_p
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda run: shutil.rmtree(run), "run directory .* not found"),
+    (lambda run: shutil.rmtree(run), "evaluate: run folder .* not found"),
     (lambda run: (run / "model.keras").unlink(), "model.keras not found"),
     (lambda run: (run / "model.keras").write_bytes(b"PK\x03\x04 truncated"), "model.keras cannot be loaded"),
     (lambda run: (run / "config.yaml").write_text("model: [unclosed"), "config.yaml: invalid YAML at line 1"),

@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from braintumor.cli import main
+from braintumor.core.run import Run
 from braintumor.data.decode import decode_image
-from braintumor.engine.evaluate import load_run_model
+from braintumor.models.saved import load_run_model
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def run_and_images(trained_run, synth_root, tmp_path_factory):
     run = shutil.copytree(trained_run, tmp_path_factory.mktemp("export") / trained_run.name)
     files = sorted((synth_root / "Testing").glob("*/synth_000[01].jpg"))
     images = np.stack([decode_image(f, 32, []) for f in files]).astype(np.float32)
-    return run, images, load_run_model(run).predict(images, verbose=0)
+    return run, images, load_run_model(Run(run)).predict(images, verbose=0)
 
 
 def test_onnx_export_matches_model_keras_in_onnxruntime(run_and_images, capsys):

@@ -15,9 +15,10 @@ import pytest
 from braintumor.cli import main
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import ModelConfig
+from braintumor.core.run import Run
 from braintumor.data.decode import decode_image
-from braintumor.engine.evaluate import load_run_model
 from braintumor.models.build import BackbonePreprocess, build_model, preprocess_layer
+from braintumor.models.saved import load_run_model
 from braintumor.results.reports import read_predictions
 
 
@@ -69,7 +70,7 @@ def test_tta_averages_the_flipped_image_like_evaluate(trained_run, synth_root, c
     image = synth_root / "Testing" / "glioma_tumor" / "synth_0003.jpg"
     (plain,) = _predict_json(capsys, "--run", str(trained_run), str(image))
     (tta,) = _predict_json(capsys, "--run", str(trained_run), str(image), "--tta")
-    model = load_run_model(trained_run)
+    model = load_run_model(Run(trained_run))
     decoded = decode_image(image, 32, [])[None].astype(np.float32)
     flipped = model.predict(decoded[:, :, ::-1], verbose=0)[0]
     expected = (np.array(list(plain["probabilities"].values())) + flipped) / 2
@@ -123,5 +124,5 @@ def test_runs_saved_with_the_old_custom_preprocessing_layer_still_load(tmp_path)
     (tmp_path / "run").mkdir()
     old.save(tmp_path / "run" / "model.keras")
     images = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    loaded = load_run_model(tmp_path / "run")
+    loaded = load_run_model(Run(tmp_path / "run"))
     assert np.allclose(loaded.predict(images, verbose=0), old.predict(images, verbose=0), atol=1e-6)

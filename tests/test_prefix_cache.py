@@ -21,11 +21,12 @@ import yaml
 
 from braintumor.core.config import Config, parse_config
 from braintumor.core.logs import setup_console
+from braintumor.core.run import CHECKPOINTS, Run
 from braintumor.data.dataset import load_dataset
-from braintumor.engine import evaluate, prefix_cache
-from braintumor.engine.callbacks import CHECKPOINTS
+from braintumor.engine import prefix_cache
 from braintumor.engine.train import resume, run
 from braintumor.models.build import build_model
+from braintumor.models.saved import load_run_model
 from braintumor.results.reports import read_predictions
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -104,10 +105,10 @@ def test_fine_tune_on_the_cached_prefix_equals_the_naive_fine_tune(runs):
     _assert_same_results(runs["tune_cached"], runs["tune_naive"], atol=1e-4)
     env = json.loads((runs["tune_cached"] / "env.json").read_text())
     assert env["prefix_cache"].startswith("on at vgg16/block4_pool")
-    model = evaluate.load_run_model(runs["tune_cached"])  # the whole model, block5 trained
+    model = load_run_model(Run(runs["tune_cached"]))  # the whole model, block5 trained
     assert model.input_shape == (None, 32, 32, 3) and {"preprocess", "vgg16", "pool", "head"} <= {
         layer.name for layer in model.layers}
-    naive = evaluate.load_run_model(runs["tune_naive"])
+    naive = load_run_model(Run(runs["tune_naive"]))
     block5 = [(a, b) for a, b in zip(model.get_layer("vgg16").layers, naive.get_layer("vgg16").layers, strict=True)
               if a.name.startswith("block5_conv")]
     for ours, theirs in block5:
@@ -257,4 +258,4 @@ def test_killed_cached_fine_tune_resumes_from_its_last_epoch(synth_root, tmp_pat
     fresh, _ = _run(parse_config(settings | {"train": {**settings["train"], "epochs": 1}}, "test"))
     losses = _history(run_dir)[:, 0]
     assert losses[done] < _history(fresh)[0, 0]
-    assert evaluate.load_run_model(run_dir).input_shape == (None, 32, 32, 3)
+    assert load_run_model(Run(run_dir)).input_shape == (None, 32, 32, 3)

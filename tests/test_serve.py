@@ -8,11 +8,12 @@ from PIL import Image
 
 from braintumor.apps.predict import load_run
 from braintumor.apps.serve import MAX_PIXELS, MAX_UPLOAD_BYTES, UploadProblem, example_files, read_upload
+from braintumor.core.run import Run
 
 
 @pytest.fixture(scope="module")
 def run(trained_run):
-    return load_run(trained_run)
+    return load_run(Run(trained_run))
 
 
 def test_a_scan_decodes_as_predict_does(run, synth_root):
@@ -42,6 +43,6 @@ def test_bad_uploads_get_a_message(run, synth_root, tmp_path, problem, message):
 
 
 def test_examples_are_the_runs_testing_images_a_few_per_class(trained_run, synth_root):
-    examples = example_files(trained_run)
+    examples = example_files(Run(trained_run))
     assert len(examples) == 8
     assert {p.parent.name for p in examples} == {p.name for p in (synth_root / "Testing").iterdir()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,17 +103,52 @@ def test_status_of_a_folder_without_manifest_is_a_user_error(tmp_path, capsys):
     assert "manifest.json not found" in capsys.readouterr().err
 
 
+def test_status_of_a_manifest_without_runs_is_one_line(tmp_path, capsys):
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "empty", "workdir": str(tmp_path), "runs": []}))
+    for mode in ("--status", "--resume"):
+        assert main(["sweep", mode, str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "plans no runs; start a new sweep" in err and "Traceback" not in err
+
+
+def test_a_run_is_found_in_the_folder_its_manifest_names_and_nowhere_else(write_config, tmp_path, capsys):
+    sweep_dir = sweep.create_sweep([write_config("tiny")], "0,1", [], None)
+    first, second = sweep.read_manifest(sweep_dir)
+    assert (first.folder, second.folder) == ("tiny-s0", "tiny-s1")
+    # folders that merely look like the run's (an older naming, a copy, a -2 suffix) are not the run
+    for decoy in ("tiny-s0-20260101-000000", "tiny-s0-2", "tiny-s1-copy"):
+        (sweep_dir / decoy).mkdir()
+        (sweep_dir / decoy / "status.json").write_text(json.dumps({"state": "completed"}))
+    assert sweep.run_state(sweep_dir, first) == ("planned", None)
+    (sweep_dir / "tiny-s0").mkdir()
+    (sweep_dir / "tiny-s0" / "status.json").write_text(json.dumps({"state": "failed", "error": "x"}))
+    assert sweep.run_state(sweep_dir, first) == ("failed", sweep_dir / "tiny-s0")
+    assert sweep.status(sweep_dir) == {"failed": 1, "planned": 1}
+    assert re.search(r"^tiny-s0\s+0\s+-\s+failed\s+tiny-s0$", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_a_manifest_folder_outside_the_sweep_is_refused(write_config, tmp_path, capsys):
+    sweep_dir = sweep.create_sweep([write_config("tiny")], "0", [], None)
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    manifest["runs"][0]["folder"] = "../elsewhere"
+    (sweep_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["sweep", "--status", str(sweep_dir)]) == 2
+    assert "is not a folder name; start a new sweep" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_local_sweep_runs_in_parallel_and_compare_pools_the_seeds(write_config, tmp_path):
     config = write_config("tiny")
     assert main(["sweep", str(config), "--seeds", "0,1", "--jobs", "2"]) == 0
     sweep_dir = only_sweep(tmp_path / "outputs")
     assert set(run_states(sweep_dir).values()) == {"completed"}
-    env = json.loads(next(sweep_dir.glob("tiny-s0-*/env.json")).read_text())
+    # each run trained into the folder its manifest entry names
+    assert sorted(p.name for p in sweep_dir.glob("tiny-s*")) == [run.folder for run in sweep.read_manifest(sweep_dir)]
+    env = json.loads((sweep_dir / "tiny-s0" / "env.json").read_text())
     assert env["devices"] and env["distribution"] == "none"
     # a second pass finds everything done and trains nothing
     assert main(["sweep", "--resume", str(sweep_dir)]) == 0
-    assert len(list(sweep_dir.glob("tiny-s*-*"))) == 2
+    assert len(list(sweep_dir.glob("tiny-s*"))) == 2
 
     out = sweep_dir / "cmp"
     assert main(["compare", str(sweep_dir), "--out", str(out), "--metric", "leak_free"]) == 0
@@ -121,7 +157,7 @@ def test_local_sweep_runs_in_parallel_and_compare_pools_the_seeds(write_config, 
     assert row["runs"] == "2" and row["seeds"] == "0 1"
     assert float(row["accuracy_min"]) <= float(row["accuracy_mean"]) <= float(row["accuracy_max"])
     # each run's training time (its epochs, validation included) is stored and pooled
-    seconds = [json.loads(path.read_text())["train_seconds"] for path in sweep_dir.glob("tiny-s*-*/metrics.json")]
+    seconds = [json.loads(path.read_text())["train_seconds"] for path in sweep_dir.glob("tiny-s*/metrics.json")]
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
     assert float(row["train_minutes_mean"]) == pytest.approx(sum(seconds) / len(seconds) / 60, abs=1e-6)
     assert "training minutes" in (out / "comparison.md").read_text()
@@ -145,7 +181,7 @@ def test_ctrl_c_stops_every_child_marks_runs_failed_and_resume_finishes_them(wri
 
     assert main(["sweep", "--resume", str(sweep_dir), "--jobs", "2"]) == 0
     assert set(run_states(sweep_dir).values()) == {"completed"}
-    assert len(list(sweep_dir.glob("long-s*-*"))) == 2  # resumed in place, no second folder per run
+    assert len(list(sweep_dir.glob("long-s*"))) == 2  # resumed in place, no second folder per run
 
 
 # ---------------------------------------------------------------- SLURM
@@ -188,7 +224,7 @@ def test_slurm_job_array_trains_every_run_and_a_killed_task_is_completed_by_resu
         assert time.monotonic() < deadline, "no SLURM task finished an epoch"
         time.sleep(0.2)
     victim = states[0].parents[1].name
-    index = next(run.index for run in sweep.read_manifest(sweep_dir) if victim.startswith(run.id + "-"))
+    index = next(run.index for run in sweep.read_manifest(sweep_dir) if run.folder == victim)
     subprocess.run(["scancel", f"{submission['job_id']}_{index}"], check=True)
     while not squeue_empty([submission["job_id"]]):
         assert time.monotonic() < deadline, "the job array did not end"
@@ -202,7 +238,7 @@ def test_slurm_job_array_trains_every_run_and_a_killed_task_is_completed_by_resu
     assert set(run_states(sweep_dir).values()) == {"completed"}
     resubmitted = json.loads((sweep_dir / "submissions.json").read_text())[1]
     assert resubmitted["tasks"] == [index]  # only what was not done
-    assert len(list(sweep_dir.glob(f"{victim.rsplit('-', 2)[0]}-*"))) == 1  # resumed in its own folder
+    assert len(list(sweep_dir.glob(f"{victim}*"))) == 1  # resumed in its own folder
     assert list((sweep_dir / "logs").glob(f"{resubmitted['job_id']}_{index}.out"))
 
     out = sweep_dir / "cmp"

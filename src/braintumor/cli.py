@@ -86,15 +86,16 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from braintumor.core.run import Run
+
     if args.ensemble:
+        runs = [Run.completed(Path(run), "evaluate --ensemble") for run in args.ensemble]  # before TensorFlow loads
         _load_engine("evaluate", args.debug).evaluate_ensemble(
-            [Path(run) for run in args.ensemble], split=args.split, out_dir=Path(args.out) if args.out else None,
-            tta=args.tta)
+            runs, split=args.split, out_dir=Path(args.out) if args.out else None, tta=args.tta)
         return
-    if not Path(args.run).is_dir():  # answered before TensorFlow loads
-        raise UserError(f"run directory {args.run} not found; pass a folder made by braintumor train")
+    run = Run.completed(Path(args.run), "evaluate")  # answered before TensorFlow loads
     _load_engine("evaluate", args.debug).evaluate_run(
-        Path(args.run),
+        run,
         data_root=Path(args.data) if args.data else None,
         split=args.split,
         out_dir=Path(args.out) if args.out else None,
@@ -178,24 +179,33 @@ def _positive(text: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from braintumor.core.run import Run
+
+    run = Run.completed(Path(args.run), "predict")  # answered before TensorFlow loads
     from braintumor.apps import predict
 
     predict.run_predict(
-        Path(args.run), [Path(p) for p in args.paths], as_json=args.json,
+        run, [Path(p) for p in args.paths], as_json=args.json,
         csv_path=Path(args.csv) if args.csv else None, gradcam_dir=Path(args.gradcam) if args.gradcam else None,
         gradcam_class=args.gradcam_class, tta=args.tta, batch_size=args.batch_size)
 
 
 def _export(args: argparse.Namespace) -> None:
+    from braintumor.core.run import Run
+
+    run = Run.completed(Path(args.run), "export")  # answered before TensorFlow loads
     from braintumor.apps import export
 
-    export.export_run(Path(args.run), args.format, out=Path(args.out) if args.out else None)
+    export.export_run(run, args.format, out=Path(args.out) if args.out else None)
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from braintumor.core.run import Run
+
+    run = Run.completed(Path(args.run), "serve")  # answered before TensorFlow loads
     from braintumor.apps import serve
 
-    serve.serve(Path(args.run), host=args.host, port=args.port)
+    serve.serve(run, host=args.host, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,9 @@ import numpy as np
 from braintumor.core import rundir
 from braintumor.core.atomic import write_json
 from braintumor.core.errors import UserError, describe
-from braintumor.engine.evaluate import load_run_model, run_config
+from braintumor.core.run import Run
 from braintumor.models.build import float32_model
+from braintumor.models.saved import load_run_model
 
 # format → (keras.Model.export format, default file name, modules it needs, extra that installs them)
 FORMATS = {
@@ -42,15 +43,14 @@ def _check_dependencies(fmt: str) -> None:
                         f"install the extra: pip install 'braintumor[{extra}]'")
 
 
-def model_card(run_dir: Path, fmt: str, file: Path) -> dict:
-    cfg, classes = run_config(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    metrics = rundir.read_json(metrics_path) if metrics_path.is_file() else {}
+def model_card(run: Run, fmt: str, file: Path) -> dict:
+    cfg = run.read_config()
+    metrics = run.read_metrics() if run.metrics.is_file() else {}
     return {
         "file": file.name,
         "format": fmt,
-        "source_run": str(run_dir.resolve()),
-        "classes": classes,  # output order
+        "source_run": str(run.path.resolve()),
+        "classes": run.classes(),  # output order
         "input": {"shape": [None, cfg.data.image_size, cfg.data.image_size, 3], "dtype": "float32",
                   "range": "RGB in [0, 255], decoded as `braintumor predict` does"},
         "output": "softmax probabilities, one per class, in the order of `classes`",
@@ -62,15 +62,15 @@ def model_card(run_dir: Path, fmt: str, file: Path) -> dict:
     }
 
 
-def export_run(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
+def export_run(run: Run, fmt: str, out: Path | None = None) -> Path:
     """Write the exported model at `out` (default RUN_DIR/export/<format>/<file>) and model_card.json beside it."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
     _check_dependencies(fmt)
     keras_format, default_name, _, _ = FORMATS[fmt]
-    model = float32_model(load_run_model(run_dir))
+    model = float32_model(load_run_model(run))
     model(np.zeros((1, *model.inputs[0].shape[1:]), np.float32))  # the ONNX exporter needs a model that was called
-    out = out or run_dir / "export" / fmt / default_name
+    out = out or run.path / "export" / fmt / default_name
     if out.exists():
         raise UserError(f"{out} already exists; remove it or choose another --out")
     rundir.ensure_writable(out.parent)
@@ -83,6 +83,6 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
             raise UserError(f"export to {fmt} failed ({describe(err)}); try another --format, or run with "
                             "--debug and report the error") from err
         os.replace(target, out)
-    write_json(out.parent / "model_card.json", model_card(run_dir, fmt, out))
+    write_json(out.parent / "model_card.json", model_card(run, fmt, out))
     print(f"wrote {out} and {out.parent / 'model_card.json'}")
     return out

@@ -23,9 +23,11 @@ from tqdm import tqdm
 
 from braintumor.core.atomic import atomic_output
 from braintumor.core.errors import UserError, describe
+from braintumor.core.run import Run
 from braintumor.data.decode import decode_image
 from braintumor.data.files import walk
-from braintumor.engine.evaluate import PREDICT_BATCH, load_run_model, run_config
+from braintumor.engine.evaluate import PREDICT_BATCH
+from braintumor.models.saved import load_run_model
 from braintumor.results.reports import PREDICTION_COLUMNS, write_csv
 
 
@@ -33,7 +35,7 @@ from braintumor.results.reports import PREDICTION_COLUMNS, write_csv
 class RunModel:
     """What predicting with a run needs: its model, class order and input decoding."""
 
-    run_dir: Path
+    run: Run
     model: keras.Model
     classes: list[str]
     image_size: int
@@ -44,9 +46,9 @@ class RunModel:
         return decode_image(path, self.image_size, self.preprocess)
 
 
-def load_run(run_dir: Path) -> RunModel:
-    cfg, classes = run_config(run_dir)
-    return RunModel(run_dir, load_run_model(run_dir), classes, cfg.data.image_size, list(cfg.data.preprocess),
+def load_run(run: Run) -> RunModel:
+    cfg = run.read_config()
+    return RunModel(run, load_run_model(run), run.classes(), cfg.data.image_size, list(cfg.data.preprocess),
                     cfg.model.backbone)
 
 
@@ -124,31 +126,32 @@ def _gradcam_names(files: list[Path], roots: list[Path]) -> dict[Path, str]:
     return names
 
 
-def predict_paths(run_dir: Path, paths: list[Path], batch_size: int = PREDICT_BATCH, tta: bool = False,
+def predict_paths(run: Run, paths: list[Path], batch_size: int = PREDICT_BATCH, tta: bool = False,
                   gradcam_dir: Path | None = None, gradcam_class: str | None = None,
                   ) -> tuple[list[Prediction], list[dict], list[str]]:
     """Predictions for the readable files, the skipped files with reasons, and the class order."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} is not positive; give a batch size of 1 or more")
-    run = load_run(run_dir)
-    if gradcam_class is not None and gradcam_class not in run.classes:
+    loaded = load_run(run)
+    if gradcam_class is not None and gradcam_class not in loaded.classes:
         raise UserError(f"--gradcam-class {gradcam_class!r} is not a class of this run; "
-                        f"use one of: {', '.join(run.classes)}")
+                        f"use one of: {', '.join(loaded.classes)}")
     files, skipped = expand_paths(paths)
     cam = names = None
     if gradcam_dir is not None:
         from braintumor.apps.gradcam import GradCam
 
-        cam, names = GradCam(run.model, run.backbone), _gradcam_names(files, paths)
+        cam, names = GradCam(loaded.model, loaded.backbone), _gradcam_names(files, paths)
     predictions = []
     with tqdm(total=len(files), desc="predicting", unit="img", leave=False, disable=len(files) < 2 * batch_size) as bar:
-        for batch_files, images in decoded_batches(run, files, batch_size, skipped):
-            probs = predict_batch(run.model, images, tta)
+        for batch_files, images in decoded_batches(loaded, files, batch_size, skipped):
+            probs = predict_batch(loaded.model, images, tta)
             predictions += [Prediction(str(f), p) for f, p in zip(batch_files, probs, strict=True)]
             if cam is not None:
-                _write_gradcams(cam, run, images, probs, [gradcam_dir / names[f] for f in batch_files], gradcam_class)
+                _write_gradcams(cam, loaded, images, probs, [gradcam_dir / names[f] for f in batch_files],
+                                gradcam_class)
             bar.update(len(batch_files))
-    return predictions, skipped, run.classes
+    return predictions, skipped, loaded.classes
 
 
 def _write_gradcams(cam, run: RunModel, images: np.ndarray, probs: np.ndarray, dests: list[Path],
@@ -180,11 +183,11 @@ def write_predictions_csv(path: Path, predictions: list[Prediction], classes: li
             for p in predictions))
 
 
-def run_predict(run_dir: Path, paths: list[Path], as_json: bool = False, csv_path: Path | None = None,
+def run_predict(run: Run, paths: list[Path], as_json: bool = False, csv_path: Path | None = None,
                 gradcam_dir: Path | None = None, gradcam_class: str | None = None, tta: bool = False,
                 batch_size: int = PREDICT_BATCH) -> None:
     """`braintumor predict`: results on stdout (lines or JSON), skipped files on stderr."""
-    predictions, skipped, classes = predict_paths(run_dir, paths, batch_size, tta, gradcam_dir, gradcam_class)
+    predictions, skipped, classes = predict_paths(run, paths, batch_size, tta, gradcam_dir, gradcam_class)
     for item in skipped:
         print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
     if not predictions:

@@ -19,8 +19,8 @@ from braintumor.apps.gradcam import GradCam, overlay
 from braintumor.apps.predict import RunModel, load_run, predict_batch
 from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
+from braintumor.core.run import Run
 from braintumor.data.files import subfolders, walk
-from braintumor.engine.evaluate import run_config
 
 log = get_logger(__name__)
 
@@ -55,21 +55,21 @@ def read_upload(run: RunModel, path: Path) -> np.ndarray:
                             "or damaged") from err
 
 
-def example_files(run_dir: Path) -> list[Path]:
+def example_files(run: Run) -> list[Path]:
     """A few of the run's own Testing images per class, where that folder still exists."""
-    cfg, classes = run_config(run_dir)
+    cfg = run.read_config()
     test_dir = Path(cfg.data.root).expanduser() / cfg.data.test_dir
     if not test_dir.is_dir():
         return []
     present = set(subfolders(test_dir))
-    return [path for name in classes if name in present for path in walk(test_dir / name)[0][:EXAMPLES_PER_CLASS]]
+    return [path for name in run.classes() if name in present for path in walk(test_dir / name)[0][:EXAMPLES_PER_CLASS]]
 
 
-def build_demo(run_dir: Path, examples: list[Path]):
-    """The Gradio Blocks app for a run, with `examples` (image files) to pick from."""
+def build_demo(source: Run, examples: list[Path]):
+    """The Gradio Blocks app for the run `source`, with `examples` (image files) to pick from."""
     import gradio as gr
 
-    run = load_run(run_dir)
+    run = load_run(source)
     cam = GradCam(run.model, run.backbone)
 
     def classify(upload: str | None):
@@ -88,7 +88,7 @@ def build_demo(run_dir: Path, examples: list[Path]):
                 f"Predicted **{run.classes[top]}** ({probs[top]:.1%}). {DISCLAIMER}")
 
     with gr.Blocks(title="braintumor demo", analytics_enabled=False) as demo:
-        gr.Markdown(f"## Brain MRI tumour classification\nRun `{run_dir.name}` ({run.backbone}, "
+        gr.Markdown(f"## Brain MRI tumour classification\nRun `{source.path.name}` ({run.backbone}, "
                     f"{run.image_size} px; classes: {', '.join(run.classes)}).\n\n**{DISCLAIMER}**")
         with gr.Row():
             with gr.Column():
@@ -106,15 +106,15 @@ def build_demo(run_dir: Path, examples: list[Path]):
     return demo
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(run: Run, host: str = "127.0.0.1", port: int = 7860) -> None:
     """`braintumor serve`: run the demo until interrupted."""
     if importlib.util.find_spec("gradio") is None:
         raise UserError("serve needs gradio, which is not installed; install the extra: pip install 'braintumor[demo]'")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a medical demo
-    examples = example_files(run_dir)
-    demo = build_demo(run_dir, examples)
+    examples = example_files(run)
+    demo = build_demo(run, examples)
     allowed = sorted({str(path.parent) for path in examples})  # Gradio serves only files below allowed paths
-    print(f"serving {run_dir} at http://{host}:{port} (Ctrl-C stops)", flush=True)
+    print(f"serving {run.path} at http://{host}:{port} (Ctrl-C stops)", flush=True)
     try:
         demo.launch(server_name=host, server_port=port, allowed_paths=allowed, max_file_size=MAX_UPLOAD_BYTES,
                     ssr_mode=False, footer_links=[], quiet=True)

@@ -2,9 +2,9 @@
 SLURM job array.
 
 The plan is fixed when the sweep starts: `manifest.json` in the sweep folder lists every planned run with its
-config, seed and overrides, and each run's folder name starts with its deterministic id. So one task (a local
-child process or a SLURM array task) can always find its run: completed runs are skipped, interrupted ones
-continue with `train --resume`, and running the sweep again over the same folder does only what is left.
+config, seed, overrides and the exact folder it trains into. So one task (a local child process or a SLURM array
+task) always finds its run there: completed runs are skipped, interrupted ones continue with `train --resume`,
+and running the sweep again over the same folder does only what is left.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from braintumor.core import rundir
-from braintumor.core.atomic import write_text
+from braintumor.core.atomic import write_json, write_text
 from braintumor.core.config import load_config, read_listing
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
+from braintumor.core.run import Run
 
 log = get_logger(__name__)
 
@@ -40,11 +41,15 @@ STOP_GRACE_S = 60  # after Ctrl-C, how long children get to mark their runs fail
 @dataclass
 class PlannedRun:
     index: int
-    id: str  # the run folder is <sweep dir>/<id>-<YYYYmmdd-HHMMSS>
+    id: str
     config: str  # absolute path of the experiment's YAML
     seed: int
     overrides: list[str]  # the sweep's --set values for this run (a grid value included)
     label: str  # the config's label (or name), plus the grid values: runs of one configuration share it
+    folder: str  # the run folder's name in the sweep folder, fixed by the plan: the child trains exactly there
+
+    def run_in(self, sweep_dir: Path) -> Run:
+        return Run(sweep_dir / self.folder)
 
     def train_overrides(self, sweep_dir: Path) -> list[str]:
         """Everything `braintumor train` needs on top of the config file to make exactly this run."""
@@ -112,9 +117,10 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str]) -> 
             varied = [(key.split(".")[-1], value) for key, value in (item.split("=", 1) for item in combination)]
             label = " ".join([base.label or base.name, *(f"{key}={value}" for key, value in varied)])
             for seed in seeds if seeds is not None else [cfg.seed]:
-                run_id = "-".join([base.name, *(f"{key}-{value}" for key, value in varied), f"s{seed}"])
-                runs.append(PlannedRun(len(runs), re.sub(r"[^A-Za-z0-9._-]+", "_", run_id), str(path), seed,
-                                       [*fixed, *combination], label))
+                run_id = re.sub(r"[^A-Za-z0-9._-]+", "_",
+                                "-".join([base.name, *(f"{key}-{value}" for key, value in varied), f"s{seed}"]))
+                runs.append(PlannedRun(len(runs), run_id, str(path), seed, [*fixed, *combination], label,
+                                       folder=run_id))
     ids = [run.id for run in runs]
     duplicates = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
     if duplicates:
@@ -133,7 +139,7 @@ def create_sweep(config_paths: list[Path], seeds: str | None, overrides: list[st
     parent = Path(load_config(Path(runs[0].config), runs[0].overrides).output.dir).expanduser()
     sweep_dir = rundir.unique_dir(parent, f"sweep-{name}-{rundir.timestamp()}").resolve()
     (sweep_dir / "logs").mkdir()
-    rundir.write_json(sweep_dir / MANIFEST, {
+    write_json(sweep_dir / MANIFEST, {
         "name": name, "created": rundir.timestamp(), "workdir": os.getcwd(),
         "command": sys.argv, "runs": [asdict(run) for run in runs],
     })
@@ -142,31 +148,30 @@ def create_sweep(config_paths: list[Path], seeds: str | None, overrides: list[st
 
 
 def read_manifest(sweep_dir: Path) -> list[PlannedRun]:
-    if not (sweep_dir / MANIFEST).is_file():
-        raise UserError(f"{sweep_dir / MANIFEST} not found; pass a folder made by braintumor sweep")
-    manifest = rundir.read_json(sweep_dir / MANIFEST)
+    path = sweep_dir / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path} not found; pass a folder made by braintumor sweep")
+    manifest = rundir.read_json(path)
     try:
-        return [PlannedRun(**run) for run in manifest["runs"]]
+        runs = [PlannedRun(**run) for run in manifest["runs"]]
     except (KeyError, TypeError) as err:
-        raise UserError(f"{sweep_dir / MANIFEST} is not a sweep manifest ({err}); start a new sweep") from err
+        raise UserError(f"{path} is not a sweep manifest of this version ({err}); start a new sweep") from err
+    if not runs:
+        raise UserError(f"{path} plans no runs; start a new sweep with braintumor sweep CONFIG...")
+    for run in runs:  # the folder is a name in the sweep folder, never a path out of it
+        if not isinstance(run.folder, str) or run.folder in ("", ".", "..") or Path(run.folder).name != run.folder:
+            raise UserError(f"{path}: run {run.index} has the folder {str(run.folder)[:80]!r}, which is not a "
+                            "folder name; start a new sweep")
+    return runs
 
 
 # ---------------------------------------------------------------- one run
 
-def find_run_dir(sweep_dir: Path, run: PlannedRun) -> Path | None:
-    """The newest folder of this planned run that got as far as writing its status, if any."""
-    pattern = re.compile(re.escape(run.id) + r"-\d{8}-\d{6}(-\d+)?")
-    found = [path for path in sweep_dir.iterdir()
-             if pattern.fullmatch(path.name) and (path / "status.json").is_file()]
-    return max(found, key=lambda path: path.stat().st_mtime) if found else None
-
-
 def run_state(sweep_dir: Path, run: PlannedRun) -> tuple[str, Path | None]:
-    folder = find_run_dir(sweep_dir, run)
-    if folder is None:
-        return "planned", None
-    status = rundir.read_json(folder / "status.json")
-    return str(status.get("state", "unknown")), folder
+    """The planned run's state from its status, and its folder; ("planned", None) before it started."""
+    folder = run.run_in(sweep_dir)
+    state = folder.state()
+    return ("planned", None) if state is None else (state, folder.path)
 
 
 def run_task(sweep_dir: Path, index: int) -> None:
@@ -184,7 +189,7 @@ def run_task(sweep_dir: Path, index: int) -> None:
         log.info(f"{run.id}: {state} in {folder}; resuming")
         train.resume(folder)
     else:
-        train.run(load_config(Path(run.config), run.train_overrides(sweep_dir)))
+        train.run(load_config(Path(run.config), run.train_overrides(sweep_dir)), run.run_in(sweep_dir).path)
 
 
 # ---------------------------------------------------------------- launchers
@@ -329,7 +334,7 @@ def run_slurm(sweep_dir: Path, options: SlurmOptions, dry_run: bool, wait: bool)
     job_id = submitting.stdout.readline().strip().split(";")[0]  # printed at submission, also with --wait
     if job_id:  # recorded before waiting, so --status and a later --resume know what is queued
         submissions = rundir.read_json(sweep_dir / SUBMISSIONS) if (sweep_dir / SUBMISSIONS).is_file() else []
-        rundir.write_json(sweep_dir / SUBMISSIONS, [*submissions, {"job_id": job_id, "tasks": todo,
+        write_json(sweep_dir / SUBMISSIONS, [*submissions, {"job_id": job_id, "tasks": todo,
                                                                    "submitted": rundir.timestamp()}])
         log.info(f"job array {job_id} submitted" + ("; waiting for it to end" if wait else ""))
     _, errors = submitting.communicate()

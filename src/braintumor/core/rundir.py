@@ -1,26 +1,23 @@
-"""The run directory: unique creation, atomic writes, status marker, one-writer lock.
+"""Output folders in general: unique creation, staged folders, JSON reading, leftovers of killed writers.
 
-A run directory is never overwritten: a name clash gets a numeric suffix. Output folders of
+An output folder is never overwritten: a name clash gets a numeric suffix. Output folders of
 evaluate, compare and audit are built next to their destination and renamed into place, so a
-failure leaves nothing half-written. While a process trains a run it holds the run's lock; the
-status file can still be written on a full disk because the run keeps a little space in reserve.
+failure leaves nothing half-written. A run folder's own files are core/run.py's business.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from braintumor.core.atomic import atomic_output, write_json
+from braintumor.core.atomic import atomic_output
 from braintumor.core.errors import UserError, describe
 
 
@@ -73,35 +70,7 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} is corrupt ({err}); re-run the step that writes it") from err
 
 
-RESERVE = ".space-reserve"  # released to write the status on a full disk
-RESERVE_BYTES = 256 * 1024
-LOCK = ".lock"  # pid and host of the process training the run; locked with flock while it runs
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
-
-
-def reserve_space(run_dir: Path) -> None:
-    """Set aside a little disk space in the run directory (best effort) for the final status."""
-    with contextlib.suppress(OSError):
-        (run_dir / RESERVE).write_bytes(b"\0" * RESERVE_BYTES)
-
-
-def set_status(run_dir: Path, state: str, error: str | None = None) -> None:
-    """Replace status.json in one rename; on a full disk, release the reserve first and try again."""
-    path = run_dir / "status.json"
-    try:
-        status = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        status = {}  # a status we cannot read is rewritten, keeping only what we know
-    status.setdefault("started", datetime.now().isoformat())
-    finished = datetime.now().isoformat() if state in ("completed", "failed") else None
-    status = {**status, "state": state, "finished": finished, "error": error}
-    try:
-        write_json(path, status)
-    except OSError as err:
-        if err.errno not in NO_SPACE or not (run_dir / RESERVE).exists():
-            raise
-        (run_dir / RESERVE).unlink()
-        write_json(path, status)
 
 
 def no_space(err: BaseException | None) -> OSError | None:
@@ -111,41 +80,6 @@ def no_space(err: BaseException | None) -> OSError | None:
             return err
         err = err.__cause__ or err.__context__
     return None
-
-
-@contextlib.contextmanager
-def lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run's lock while the block runs; refuse (UserError) if another live process holds it.
-
-    flock ties the lock to the holder's open file: the kernel drops it when the holder dies, even by
-    SIGKILL, so a stale lock file left by a dead process is simply taken over.
-    """
-    path = run_dir / LOCK
-    try:
-        handle = open(path, "a+")  # noqa: SIM115  (held open for the whole block: the lock lives as long as it)
-    except OSError as err:
-        raise UserError(f"cannot write in {run_dir} ({describe(err)}); make it writable or free space") from err
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(f"{run_dir} is being trained by {holder}; wait for it to finish or stop it, "
-                            "then resume with braintumor train --resume RUN_DIR") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
-
-
-def release(run_dir: Path) -> None:
-    """Remove the lock file and the space reserve of a completed run (its contract lists neither)."""
-    for name in (RESERVE, LOCK):
-        (run_dir / name).unlink(missing_ok=True)
 
 
 def remove_partials(folder: Path) -> None:

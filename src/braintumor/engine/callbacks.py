@@ -26,14 +26,11 @@ from braintumor.core import rundir
 from braintumor.core.atomic import atomic_output, write_json
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
+from braintumor.core.run import STATE
 from braintumor.models.build import computing_layers
 from braintumor.results.reports import write_csv
 
 log = get_logger(__name__)
-
-CHECKPOINTS = "checkpoints"  # state.json and the checkpoint files it names; removed when the run completes
-STATE = "state.json"
-
 
 @dataclass
 class TrainingState:
@@ -44,8 +41,8 @@ class TrainingState:
     best_epoch: int | None = None
     wait: int = 0  # epochs since the best validation loss (early stopping)
     history: list[dict] = field(default_factory=list)  # one row per completed epoch, as in history.csv
-    last_checkpoint: str | None = None  # file under checkpoints/: the whole model after `epoch`, optimizer included
-    best_weights: str | None = None  # file under checkpoints/: the weights of `best_epoch`
+    last_checkpoint: str | None = None  # checkpoint file: the whole model after `epoch`, optimizer included
+    best_weights: str | None = None  # checkpoint file: the weights of `best_epoch`
     train_seconds: float = 0.0  # wall time of the completed epochs (validation included), over every session
 
     @classmethod

@@ -14,26 +14,17 @@ import keras
 import numpy as np
 
 from braintumor.core import logs, rundir
-from braintumor.core.config import Config, DataConfig, load_config
-from braintumor.core.errors import UserError, describe
+from braintumor.core.config import Config, DataConfig
+from braintumor.core.errors import UserError
+from braintumor.core.run import Evaluation, Reports, Run
 from braintumor.data.dataset import Dataset, Split, list_split, load_split
 from braintumor.data.twins import find_test_twins
-from braintumor.models import build  # noqa: F401  (registers the preprocessing layer of older runs, for loading)
+from braintumor.models.saved import load_run_model
 from braintumor.results import reports
 from braintumor.results.metrics import compute_metrics
 
 PREDICT_BATCH = 64
 log = logs.get_logger(__name__)
-
-
-def load_run_model(run_dir: Path) -> keras.Model:
-    path = run_dir / "model.keras"
-    if not path.is_file():
-        raise UserError(f"{path} not found; evaluate needs a completed run (see its status.json)")
-    try:
-        return keras.models.load_model(path, safe_mode=True)
-    except Exception as err:  # Keras raises many types for damaged archives
-        raise UserError(f"{path} cannot be loaded ({describe(err)}); the file is damaged: re-run training") from err
 
 
 def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -81,69 +72,61 @@ def _print_summary(split: str, metrics: dict, n: int) -> None:
                   + (f", {part['excluded']} with a Training twin left out)" if key == "leak_free" else ")"))
 
 
-def report_training_run(run_dir: Path, cfg: Config, data: Dataset, best_epoch: int | None,
-                        train_seconds: float, out_dir: Path | None = None) -> dict:
-    """Testing metrics (official and leak-free) and plots of a finished run, written into `out_dir`
-    (default: the run directory)."""
-    out_dir = out_dir or run_dir
-    model = load_run_model(run_dir)
+def report_training_run(run: Run, cfg: Config, data: Dataset, best_epoch: int | None,
+                        train_seconds: float, out: Reports) -> dict:
+    """Testing metrics (official and leak-free) and plots of a finished run, written into `out`."""
+    model = load_run_model(run)
     about = {"split": cfg.data.test_dir, "best_epoch": best_epoch, "train_seconds": train_seconds}
-    metrics = _evaluate_split(model, data.test, data.classes, out_dir, cfg.seed, about, cfg.data, leak_free=True)
-    reports.plot_curves(run_dir / "history.csv", out_dir / "curves.png")
+    metrics = _evaluate_split(model, data.test, data.classes, out.path, cfg.seed, about, cfg.data, leak_free=True)
+    reports.plot_curves(run.history, out.curves)
     return metrics
 
 
-def run_config(run_dir: Path) -> tuple[Config, list[str]]:
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} not found; pass a folder made by braintumor train")
-    return load_config(run_dir / "config.yaml"), rundir.read_json(run_dir / "data.json")["classes"]
-
-
-def evaluate_run(run_dir: Path, data_root: Path | None = None, split: str = "Testing", out_dir: Path | None = None,
+def evaluate_run(run: Run, data_root: Path | None = None, split: str = "Testing", out_dir: Path | None = None,
                  tta: bool = False, leak_free: bool = False) -> Path:
     """`braintumor evaluate`: metrics of a run's saved model on one split; returns the output folder."""
-    cfg, classes = run_config(run_dir)
+    cfg, classes = run.read_config(), run.classes()
     if leak_free and split in (cfg.data.train_dir, "validation"):
         raise UserError(f"--leak-free compares a split with {cfg.data.train_dir}, so it does not apply to {split}; "
                         f"use it with --split {cfg.data.test_dir} or another held-out folder")
     data_cfg = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root,
                                    make_synthetic_if_missing=False)
-    model = load_run_model(run_dir)
+    model = load_run_model(run)
     if split == "validation":
         chosen, _, _, _ = load_split(data_cfg, data_cfg.train_dir, classes)
-        wanted = set(rundir.read_json(run_dir / "data.json")["validation_files"])
+        wanted = set(run.validation_files())
         chosen = chosen.subset(np.array([i for i, f in enumerate(chosen.files) if f in wanted], dtype=int))
     else:
         chosen, _, _, _ = load_split(data_cfg, split, classes)
-    dest = out_dir or run_dir / "eval" / f"{split}-{rundir.timestamp()}"
-    with rundir.staged_dir(dest) as tmp, logs.log_to_file(tmp / "eval.log"):
+    dest = Evaluation(out_dir) if out_dir else run.new_evaluation(split)
+    with rundir.staged_dir(dest.path) as tmp, logs.log_to_file(Evaluation(tmp).log):
         _evaluate_split(model, chosen, classes, tmp, cfg.seed,
-                        {"split": split, "data_root": data_cfg.root, "run": str(run_dir)}, data_cfg,
+                        {"split": split, "data_root": data_cfg.root, "run": str(run.path)}, data_cfg,
                         tta=tta, leak_free=leak_free)
-    log.info(f"written to {dest}")
-    return dest
+    log.info(f"written to {dest.path}")
+    return dest.path
 
 
-def evaluate_ensemble(run_dirs: list[Path], split: str = "Testing", out_dir: Path | None = None,
+def evaluate_ensemble(runs: list[Run], split: str = "Testing", out_dir: Path | None = None,
                       tta: bool = False) -> Path:
     """`braintumor evaluate --ensemble`: the mean of several runs' probabilities on one split (e.g. the seeds
     of one configuration), written as the usual reports with leak-free metrics; returns the output folder."""
-    if len(run_dirs) < 2:
+    if len(runs) < 2:
         raise UserError("--ensemble needs at least two run directories; for one run use --run RUN_DIR")
-    configs = [run_config(run_dir) for run_dir in run_dirs]
+    configs = [(run.read_config(), run.classes()) for run in runs]
     (cfg, classes), pipeline = configs[0], _image_pipeline(configs[0][0])
-    for run_dir, (other, other_classes) in zip(run_dirs[1:], configs[1:], strict=True):
+    for run, (other, other_classes) in zip(runs[1:], configs[1:], strict=True):
         if other_classes != classes or _image_pipeline(other) != pipeline:
-            raise UserError(f"{run_dir} has other classes or another image pipeline than {run_dirs[0]} "
+            raise UserError(f"{run.path} has other classes or another image pipeline than {runs[0].path} "
                             f"({other_classes}, {_image_pipeline(other)} vs {classes}, {pipeline}); "
                             "ensemble only runs trained on the same data, image size and preprocessing")
     data_cfg = dataclasses.replace(cfg.data, make_synthetic_if_missing=False)
-    models = [load_run_model(run_dir) for run_dir in run_dirs]
+    models = [load_run_model(run) for run in runs]
     chosen, _, _, _ = load_split(data_cfg, split, classes)
-    dest = out_dir or run_dirs[0].parent / f"ensemble-{split}-{rundir.timestamp()}"
-    with rundir.staged_dir(dest) as tmp, logs.log_to_file(tmp / "eval.log"):
+    dest = out_dir or runs[0].path.parent / f"ensemble-{split}-{rundir.timestamp()}"
+    with rundir.staged_dir(dest) as tmp, logs.log_to_file(Evaluation(tmp).log):
         _evaluate_split(models, chosen, classes, tmp, cfg.seed,
-                        {"split": split, "ensemble": [str(run_dir) for run_dir in run_dirs]}, data_cfg,
+                        {"split": split, "ensemble": [str(run.path) for run in runs]}, data_cfg,
                         tta=tta, leak_free=split != cfg.data.train_dir)
     log.info(f"written to {dest}")
     return dest

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,14 @@ import numpy as np
 import tensorflow as tf
 
 from braintumor.core import logs, rundir
-from braintumor.core.atomic import atomic_output, write_json
-from braintumor.core.config import Config, TrainConfig, load_config, save_config
+from braintumor.core.atomic import atomic_output
+from braintumor.core.config import Config, TrainConfig
 from braintumor.core.errors import UserError, describe
+from braintumor.core.run import Run
 from braintumor.data import augment
 from braintumor.data.dataset import Dataset, find_classes, load_dataset
 from braintumor.engine import evaluate, optim, prefix_cache
 from braintumor.engine.callbacks import (
-    CHECKPOINTS,
-    STATE,
     BestWeights,
     EarlyStopping,
     EpochSeeds,
@@ -46,11 +44,9 @@ from braintumor.engine.callbacks import (
 )
 from braintumor.engine.runtime import distribution, environment, resolve_precision, resolve_xla, strategy_devices
 from braintumor.models.build import build_model
+from braintumor.models.saved import load_saved
 
 log = logs.get_logger(__name__)
-
-REPORTS_STAGING = ".reports.partial-staging"  # reports are built here, then renamed in, metrics.json last
-CHECKPOINTS_REMOVING = ".checkpoints.partial-removing"  # checkpoints/ renamed here once the reports are in
 
 
 def _class_weight(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
@@ -82,14 +78,6 @@ class Prepared:
     precision_reason: str
 
 
-def _load_checkpoint(path: Path) -> keras.Model:
-    try:
-        return keras.models.load_model(path, safe_mode=True)
-    except Exception as err:  # Keras raises many types for damaged or unsafe archives
-        raise UserError(f"checkpoint {path} cannot be loaded ({describe(err)}); it is damaged or unsafe: "
-                        "start a new run with braintumor train CONFIG") from err
-
-
 def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     keras.utils.set_random_seed(cfg.seed)
     precision, precision_reason = resolve_precision(cfg.train.precision)
@@ -97,7 +85,8 @@ def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     classes = find_classes(cfg.data)
     # the model first: a bad weights file fails in seconds, not after decoding the images
     with distribution(cfg.train.distribution, cfg.train.devices).scope():  # variables live on every replica
-        model = (_load_checkpoint(checkpoint) if checkpoint
+        model = (load_saved(checkpoint, "checkpoint", "it is damaged or unsafe: start a new run with braintumor "
+                            "train CONFIG") if checkpoint
                  else build_model(cfg.model, cfg.data.image_size, len(classes), cfg.data.channels))
     if cfg.model.weights == "none" and cfg.model.backbone != "simple_cnn" and cfg.model.mode != "full":
         log.warning(f"model.weights is none: the {cfg.model.backbone} backbone keeps random, frozen weights, so "
@@ -107,110 +96,108 @@ def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     return Prepared(data, images, labels, model, precision, precision_reason)
 
 
-def run(cfg: Config) -> Path:
-    """Train one experiment into a new run directory; returns its path."""
-    parent = Path(cfg.output.dir).expanduser()
+def run(cfg: Config, folder: Path | None = None) -> Path:
+    """Train one experiment into a new run folder, <output.dir>/<name>-<time> or the exact `folder` a sweep
+    planned; returns its path."""
+    parent = folder.parent if folder else Path(cfg.output.dir).expanduser()
     rundir.ensure_writable(parent)
     stopper = StopOnSignal()
     with stopper.installed(), logs.collect() as earlier:
         prepared = _prepare(cfg)
-        run_dir = rundir.unique_dir(parent, f"{cfg.name}-{rundir.timestamp()}")
+        run = Run.planned(folder) if folder else Run.new(parent, cfg.name)
         with contextlib.ExitStack() as held:
-            try:  # the run directory appears whole (status, config, data, lock held) or stays empty
-                with atomic_output(run_dir, folder=True) as staged:
-                    held.enter_context(rundir.lock(staged))
-                    (staged / CHECKPOINTS).mkdir()
-                    rundir.reserve_space(staged)
-                    save_config(cfg, staged / "config.yaml")
-                    write_json(staged / "data.json", prepared.data.summary())
-                    rundir.set_status(staged, "running")
+            try:  # the run folder appears whole (status, config, data, lock held) or stays empty
+                with atomic_output(run.path, folder=True) as staging:
+                    staged = Run(staging)
+                    held.enter_context(staged.lock())
+                    staged.checkpoints.mkdir()
+                    staged.reserve_space()
+                    staged.save_config(cfg)
+                    staged.write_data(prepared.data.summary())
+                    staged.set_status("running")
             except BaseException as err:
-                run_dir.rmdir()
+                run.path.rmdir()
                 if isinstance(err, OSError):
-                    raise UserError(f"cannot write the run directory {run_dir} ({describe(err)}); "
+                    raise UserError(f"cannot write the run directory {run.path} ({describe(err)}); "
                                     "free space or choose another output.dir") from err
                 raise
-            with logs.log_to_file(run_dir / "train.log", earlier), _failure_marked(run_dir):
-                stopper.defer(run_dir)
-                return _fit_and_report(cfg, run_dir, prepared, TrainingState(), stopper)
+            with logs.log_to_file(run.log, earlier), _failure_marked(run):
+                stopper.defer(run.path)
+                return _fit_and_report(cfg, run, prepared, TrainingState(), stopper)
 
 
 def resume(run_dir: Path) -> Path:
     """Continue an interrupted run from its last complete epoch and finish it."""
-    _refuse_completed(run_dir)  # before taking the lock: a completed run's folder gets no lock file
-    stopper = StopOnSignal(run_dir)
-    with stopper.installed(), rundir.lock(run_dir), logs.log_to_file(run_dir / "train.log"):
-        _refuse_completed(run_dir, locked=True)
-        with _failure_marked(run_dir):
-            rundir.remove_partials(run_dir)
-            rundir.reserve_space(run_dir)
-            cfg = load_config(run_dir / "config.yaml")
-            folder = run_dir / CHECKPOINTS
-            if not folder.is_dir() and (run_dir / "metrics.json").is_file():
-                log.info(f"resuming {run_dir}: training and reports were complete; finishing the bookkeeping")
-                _complete(run_dir)
-                return run_dir
-            folder.mkdir(exist_ok=True)
+    run = Run.existing(run_dir, "train --resume")
+    _refuse_completed(run)  # before taking the lock: a completed run's folder gets no lock file
+    stopper = StopOnSignal(run.path)
+    with stopper.installed(), run.lock(), logs.log_to_file(run.log):
+        _refuse_completed(run, locked=True)
+        with _failure_marked(run):
+            run.remove_partials()
+            run.reserve_space()
+            cfg = run.read_config()
+            if not run.checkpoints.is_dir() and run.metrics.is_file():
+                log.info(f"resuming {run.path}: training and reports were complete; finishing the bookkeeping")
+                run.complete()
+                return run.path
+            run.checkpoints.mkdir(exist_ok=True)
             restore = None
-            if (folder / STATE).is_file():
-                state = TrainingState.load(folder / STATE)
-                remove_unnamed_checkpoints(folder, state)
-                last = folder / str(state.last_checkpoint)
+            if run.training_state.is_file():
+                state = TrainingState.load(run.training_state)
+                remove_unnamed_checkpoints(run.checkpoints, state)
+                last = run.checkpoints / str(state.last_checkpoint)
                 if prefix_cache.applies(cfg):  # the checkpoint holds the part after the cached prefix
                     prepared, restore = _prepare(cfg), last
                 else:
                     prepared = _prepare(cfg, checkpoint=last)
-                log.info(f"resuming {run_dir} after epoch {state.epoch} of {cfg.train.epochs}")
+                log.info(f"resuming {run.path} after epoch {state.epoch} of {cfg.train.epochs}")
             else:  # killed before the first epoch ended: start over in the same folder
-                (folder / STATE).unlink(missing_ok=True)  # first: the checkpoint files below then belong to no state
+                run.training_state.unlink(missing_ok=True)  # first: the checkpoint files below then belong to no state
                 state = TrainingState()
-                remove_unnamed_checkpoints(folder, state)
+                remove_unnamed_checkpoints(run.checkpoints, state)
                 prepared = _prepare(cfg)
-                log.info(f"resuming {run_dir} from the start (no epoch had finished)")
-            started_with = rundir.read_json(run_dir / "data.json")["validation_files"]
-            if prepared.data.summary()["validation_files"] != started_with:
-                raise UserError(f"the data under {cfg.data.root} changed since {run_dir} started; "
+                log.info(f"resuming {run.path} from the start (no epoch had finished)")
+            if prepared.data.summary()["validation_files"] != run.validation_files():
+                raise UserError(f"the data under {cfg.data.root} changed since {run.path} started; "
                                 "resume needs the same files, or start a new run")
-            write_history(run_dir / "history.csv", state.history)
-            rundir.set_status(run_dir, "running")
-            stopper.defer(run_dir)
-            return _fit_and_report(cfg, run_dir, prepared, state, stopper, restore)
+            write_history(run.history, state.history)
+            run.set_status("running")
+            stopper.defer(run.path)
+            return _fit_and_report(cfg, run, prepared, state, stopper, restore)
 
 
-def _refuse_completed(run_dir: Path, locked: bool = False) -> None:
-    if not (run_dir / "status.json").is_file():
-        raise UserError(f"{run_dir}/status.json not found; --resume needs a run directory made by braintumor train")
-    if rundir.read_json(run_dir / "status.json").get("state") == "completed":
+def _refuse_completed(run: Run, locked: bool = False) -> None:
+    if run.state() == "completed":
         if locked:  # another process completed it while we waited for the lock
-            rundir.release(run_dir)
-        raise UserError(f"{run_dir} is already completed; start a new run with braintumor train CONFIG")
+            run.release()
+        raise UserError(f"{run.path} is already completed; start a new run with braintumor train CONFIG")
 
 
 @contextlib.contextmanager
-def _failure_marked(run_dir: Path) -> Iterator[None]:
+def _failure_marked(run: Run) -> Iterator[None]:
     """Any failure marks the run failed, with the reason; a full disk becomes one line naming the folder."""
     try:
         yield
     except BaseException as err:
         full = rundir.no_space(err)
         failure = err if full is None else UserError(
-            f"cannot write in {run_dir} ({describe(full)}); free space there, "
-            f"then continue with braintumor train --resume {run_dir}")
+            f"cannot write in {run.path} ({describe(full)}); free space there, "
+            f"then continue with braintumor train --resume {run.path}")
         try:
-            rundir.set_status(run_dir, "failed", str(failure) if isinstance(failure, KeyboardInterrupt | UserError)
+            run.set_status("failed", str(failure) if isinstance(failure, KeyboardInterrupt | UserError)
                               else f"{type(failure).__name__}: {failure}".strip())
         except OSError as status_err:
-            log.error(f"could not mark {run_dir} failed ({describe(status_err)})")
+            log.error(f"could not mark {run.path} failed ({describe(status_err)})")
         if failure is err:
             raise
         raise failure from err
 
 
-def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: TrainingState,
+def _fit_and_report(cfg: Config, run: Run, prepared: Prepared, state: TrainingState,
                     stopper: StopOnSignal, restore: Path | None = None) -> Path:
     """`restore`: a last checkpoint of the part after a cached prefix to continue from (weights and optimizer)."""
     data, images, labels, model = prepared.data, prepared.images, prepared.labels, prepared.model
-    folder = run_dir / CHECKPOINTS
     # what fit trains and checkpoints: the whole model, or the part after a cached prefix (sharing its weights)
     where = prefix_cache.split(cfg, model)
     fit_model = model if where.suffix is None else where.suffix
@@ -227,22 +214,22 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: Train
     device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
     log.info(f"device: {device} | precision: {prepared.precision} ({prepared.precision_reason}) | XLA: "
              f"{'on' if xla else 'off'} ({xla_reason})")
-    write_json(run_dir / "env.json", environment(
+    run.write_env(environment(
         seed=cfg.seed, device=device, precision=prepared.precision, precision_reason=prepared.precision_reason,
         xla=xla, xla_reason=xla_reason, distribution=cfg.train.distribution, devices=strategy_devices(strategy),
         prefix_cache=where.reason))
-    log.info(f"run directory: {run_dir}")
+    log.info(f"run directory: {run.path}")
     patience = cfg.train.early_stopping_patience
     if state.epoch < cfg.train.epochs and not state.stopped_early(patience):
         targets = optim.targets(cfg.train, labels, len(data.classes))  # one-hot with label smoothing
         val_targets = optim.targets(cfg.train, data.val.labels, len(data.classes))
         inputs, val_inputs = prefix_cache.fit_inputs(cfg, where, images, targets, data.val.images, val_targets,
                                                      epochs=range(state.epoch, cfg.train.epochs))
-        steps = [History(state, stopper, run_dir / "history.csv"), BestWeights(state, stopper, folder),
-                 LastCheckpoint(state, stopper, folder), EarlyStopping(state, stopper, patience),
-                 SaveState(state, stopper, folder)]
+        steps = [History(state, stopper, run.history), BestWeights(state, stopper, run.checkpoints),
+                 LastCheckpoint(state, stopper, run.checkpoints), EarlyStopping(state, stopper, patience),
+                 SaveState(state, stopper, run.checkpoints)]
         precise_bn = [PreciseBatchNorm(images, cfg.train.batch_size, cfg.seed)] if cfg.train.precise_bn else []
-        tensorboard = ([keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0)]
+        tensorboard = ([keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0)]
                        if cfg.train.tensorboard else [])
         fit_model.fit(
             inputs, steps_per_epoch=steps_per_epoch, validation_data=val_inputs,
@@ -253,45 +240,28 @@ def _fit_and_report(cfg: Config, run_dir: Path, prepared: Prepared, state: Train
                        stopper],
             verbose=1)
     stopper.check(state.epoch)
-    fit_model.load_weights(folder / str(state.best_weights))
-    save_atomically(run_dir / "model.keras", model.save)
+    fit_model.load_weights(run.checkpoints / str(state.best_weights))
+    save_atomically(run.model, model.save)
     stopper.check(state.epoch)
-    _write_reports(run_dir, cfg, data, state)
+    _write_reports(run, cfg, data, state)
     stopper.check(state.epoch)
-    _complete(run_dir)
-    log.info(f"done: {run_dir}")
-    return run_dir
+    run.complete()
+    log.info(f"done: {run.path}")
+    return run.path
 
 
-def _write_reports(run_dir: Path, cfg: Config, data: Dataset, state: TrainingState) -> None:
-    """The Testing reports, each renamed into the run directory, metrics.json last: once it is there, all are."""
-    staging = run_dir / REPORTS_STAGING
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    evaluate.report_training_run(run_dir, cfg, data, state.best_epoch, round(state.train_seconds, 3), out_dir=staging)
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json"):
-        os.replace(path, run_dir / path.name)
-    staging.rmdir()
+def _write_reports(run: Run, cfg: Config, data: Dataset, state: TrainingState) -> None:
+    """The Testing reports, built in a staging folder and renamed into the run folder, metrics.json last."""
+    staging = run.reports_staging()
+    evaluate.report_training_run(run, cfg, data, state.best_epoch, round(state.train_seconds, 3), out=staging)
+    run.adopt_reports(staging)
     if cfg.train.tensorboard:
-        _confusion_matrix_summary(run_dir, state.best_epoch or 0)
+        _confusion_matrix_summary(run, state.best_epoch or 0)
 
 
-def _confusion_matrix_summary(run_dir: Path, step: int) -> None:
-    png = tf.io.decode_png((run_dir / "confusion_matrix.png").read_bytes(), channels=3)
-    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "test"))
+def _confusion_matrix_summary(run: Run, step: int) -> None:
+    png = tf.io.decode_png(run.confusion_matrix.read_bytes(), channels=3)
+    writer = tf.summary.create_file_writer(str(run.tensorboard / "test"))
     with writer.as_default():
         tf.summary.image("confusion_matrix", png[tf.newaxis], step=step)
     writer.close()
-
-
-def _complete(run_dir: Path) -> None:
-    """Remove the checkpoints and mark the run completed.
-
-    checkpoints/ is renamed away first, in one step: a kill from here on leaves a run whose resume
-    sees no checkpoints but complete reports, and only finishes this bookkeeping.
-    """
-    if (run_dir / CHECKPOINTS).exists():
-        os.replace(run_dir / CHECKPOINTS, run_dir / CHECKPOINTS_REMOVING)
-    shutil.rmtree(run_dir / CHECKPOINTS_REMOVING, ignore_errors=True)
-    rundir.release(run_dir)  # before the status: a completed run's folder holds its contract files only
-    rundir.set_status(run_dir, "completed")

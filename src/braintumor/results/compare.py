@@ -22,7 +22,8 @@ import yaml
 
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
-from braintumor.core.rundir import read_json, staged_dir, timestamp
+from braintumor.core.run import CONFIG, Reports, Run
+from braintumor.core.rundir import staged_dir, timestamp
 from braintumor.results.cells import md_cell
 from braintumor.results.metrics import LOWER_IS_BETTER, RANKABLE, compute_metrics, mcnemar, metric_value
 from braintumor.results.reports import read_predictions, write_csv
@@ -32,7 +33,6 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 
 log = get_logger(__name__)
 
-RESULT_FILES = ("metrics.json", "predictions.csv")
 LEAK_FREE = "leak_free"  # accuracy on the Testing images without a Training twin (stored in metrics.json)
 METRICS = (*RANKABLE, LEAK_FREE)
 TRAIN_MINUTES = "train_minutes"  # training wall time of a run (metrics.json's train_seconds / 60)
@@ -141,25 +141,25 @@ def compare_runs(
 def _collect(outputs_dir: Path, include_eval: bool) -> tuple[list[Result], list[dict]]:
     """Completed results, and the run or evaluation folders that are not (with what is missing)."""
     results, unfinished = [], []
-    run_dirs = sorted(path.parent for path in outputs_dir.rglob("config.yaml"))
-    if not run_dirs:
-        raise UserError(f"{outputs_dir}: no runs found (no folder with config.yaml); "
+    runs = Run.find(outputs_dir)
+    if not runs:
+        raise UserError(f"{outputs_dir}: no runs found (no folder with {CONFIG}); "
                         "pass the outputs folder that `braintumor train` wrote to")
-    for run in run_dirs:
-        config = _read_config(run / "config.yaml")
-        label = config.get("label") or config.get("name") or run.name
+    for run in runs:
+        config = _read_config(run.config)
+        label = config.get("label") or config.get("name") or run.path.name
         backbone = str((config.get("model") or {}).get("backbone") or "unknown")
-        state = _state(run / "status.json")
+        state = run.state() or "no status file"
         configuration = json.dumps({k: v for k, v in config.items() if k not in NOT_CONFIGURATION},
                                    sort_keys=True, default=str)
         candidates = [(run, label, state == "completed", state, configuration)]
         if include_eval:  # evaluations of several seeds' runs on one split form their own configuration
-            candidates += [(folder, f"{label} eval/{folder.name}", True, "incomplete evaluation",
-                            f"{configuration} eval/{folder.name.rsplit('-', 2)[0]}")
-                           for folder in sorted((run / "eval").glob("*")) if folder.is_dir()]
+            candidates += [(evaluation, f"{label} {evaluation.path.relative_to(run.path).as_posix()}", True,
+                            "incomplete evaluation", f"{configuration} evaluation of {evaluation.split}")
+                           for evaluation in run.evaluations()]
         for folder, name, finished, state_text, key in candidates:
-            missing = [file for file in RESULT_FILES if not (folder / file).is_file()]
-            relative = str(folder.relative_to(outputs_dir))
+            missing = [path.name for path in (folder.metrics, folder.predictions) if not path.is_file()]
+            relative = str(folder.path.relative_to(outputs_dir))
             if finished and not missing:
                 result = _load_result(folder, relative, str(name), backbone)
                 result.configuration, result.config_label = key, str(name)
@@ -178,13 +178,6 @@ def _collect(outputs_dir: Path, include_eval: bool) -> tuple[list[Result], list[
     return results, unfinished
 
 
-def _state(status_path: Path) -> str:
-    if not status_path.exists():
-        return "no status.json"
-    status = read_json(status_path)
-    return str(status.get("state", "unknown")) if isinstance(status, dict) else "not a JSON object"
-
-
 def _read_config(path: Path) -> dict:
     try:
         config = yaml.safe_load(path.read_text())
@@ -195,11 +188,11 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Result:
+def _load_result(folder: Reports, relative: str, label: str, backbone: str) -> Result:
     """Recompute the metrics from predictions.csv and check metrics.json says the same."""
-    files, y_true, probs, classes = read_predictions(folder / "predictions.csv")
-    path = folder / "metrics.json"
-    stored = read_json(path)
+    files, y_true, probs, classes = read_predictions(folder.predictions)
+    path = folder.metrics
+    stored = folder.read_metrics()
     try:
         ci = stored["ci95"]
         metrics = compute_metrics(y_true, probs, classes, seed=int(ci["seed"]),

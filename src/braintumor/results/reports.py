@@ -1,5 +1,5 @@
-"""Report files of the run-directory contract: metrics.json, classification_report.txt,
-confusion_matrix.png, predictions.csv and curves.png, plus the readers compare needs."""
+"""Report files of the run-directory contract (metrics, classification report, confusion matrix,
+predictions, curves; their names: core/run.py), plus the readers compare needs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sklearn.metrics import classification_report
 
 from braintumor.core.atomic import atomic_output, write_json, write_text
 from braintumor.core.errors import UserError
+from braintumor.core.run import Reports
 from braintumor.results.cells import csv_escape, csv_unescape
 from braintumor.results.metrics import compute_metrics
 
@@ -30,12 +31,11 @@ def write_evaluation(
     # float64 throughout: predictions.csv stores float64 exactly, so re-reading gives these metrics
     probs = np.asarray(probs, dtype=np.float64)
     metrics = {**compute_metrics(y_true, probs, classes, seed=seed), **(extra or {})}
-    write_json(out_dir / "metrics.json", metrics)
-    write_text(out_dir / "classification_report.txt",
-               _classification_report(y_true, probs.argmax(axis=1), classes, metrics))
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes,
-                          out_dir / "confusion_matrix.png")
-    write_predictions(out_dir / "predictions.csv", files, y_true, probs, classes)
+    out = Reports(out_dir)
+    write_json(out.metrics, metrics)
+    write_text(out.classification_report, _classification_report(y_true, probs.argmax(axis=1), classes, metrics))
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, out.confusion_matrix)
+    write_predictions(out.predictions, files, y_true, probs, classes)
     return metrics
 
 
