@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from braintumor import __version__
 from braintumor.cli import build_parser, main
@@ -25,7 +30,7 @@ def _python(code: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["validate", "configs/quickstart.yaml"],
-                                  ["data", "audit", "--help"]])
+                                  ["validate", "study"], ["predict", "--help"], ["data", "audit", "--help"]])
 def test_help_and_validate_never_import_tensorflow(argv):
     code = ("import sys\nfrom braintumor.cli import main\n"
             "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
@@ -53,7 +58,7 @@ def test_help_shows_defaults_version_and_the_config_reference(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     top = capsys.readouterr().out
-    assert "braintumor train configs/quickstart.yaml" in top and "--version" in top
+    assert "braintumor train quickstart" in top and "--version" in top
     with pytest.raises(SystemExit):
         main(["data", "synth", "--help"])
     assert "(default: 60)" in capsys.readouterr().out
@@ -102,3 +107,72 @@ def test_quickstart_prints_no_tensorflow_line_before_ours(tmp_path):
     lines = [line for line in re.split(r"[\r\n]", result.stdout) if line.strip()]
     assert lines[0].startswith("data root data/synthetic is absent"), lines[:3]
     assert not [line for line in lines if CHATTER.match(line)]
+
+
+def test_python_dash_m_braintumor_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "braintumor", "--version"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": SRC}, cwd=ROOT)
+    assert (result.returncode, result.stdout.strip()) == (0, f"braintumor {__version__}"), result.stderr
+
+
+def test_the_wheel_lists_every_package_and_ships_the_configs():
+    """pyproject lists packages by hand (configs/ is mapped in from the top of the repository), so a new
+    package left out of the list would be missing from an installed wheel."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(path.parent.relative_to(ROOT / "src").parts) for path in (ROOT / "src").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == on_disk | {"braintumor.configs"}
+    assert setuptools["package-dir"]["braintumor.configs"] == "configs"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_no_command_prints_tensorflow_start_up_lines(tmp_path, synth_root, trained_run):
+    """Each command that loads TensorFlow, in a fresh process: no oneDNN, CUDA stub or cuInit line on stderr.
+    (`train` is test_quickstart_prints_no_tensorflow_line_before_ours.) The processes run side by side."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed": 0, "data": {"root": str(synth_root), "image_size": 32, "val_fraction": 0.25,
+                            "cache_dir": str(tmp_path / "cache")},
+        "model": {"backbone": "simple_cnn", "weights": "none", "mode": "full"},
+        "train": {"epochs": 1, "batch_size": 8, "precision": "float32"}, "output": {"dir": str(tmp_path)}}))
+    assert main(["sweep", str(config), "--dry-run"]) == 0
+    env = {**os.environ, "PYTHONPATH": SRC}
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        with (tmp_path / f"{name}.err").open("w") as err:
+            return subprocess.Popen([sys.executable, "-m", "braintumor", *args], stdout=subprocess.DEVNULL,
+                                    stderr=err, env=env, cwd=tmp_path)
+
+    run_dir, port = str(trained_run), _free_port()
+    serve = start("serve", "serve", "--run", run_dir, "--port", str(port))
+    others = {name: start(name, *args) for name, args in {
+        "sweep-task": ["sweep", "--task", str(next(tmp_path.glob("sweep-tiny-*"))), "0"],  # trains one tiny run
+        "evaluate": ["evaluate", "--run", run_dir, "--out", str(tmp_path / "eval")],
+        "predict": ["predict", "--run", run_dir, str(synth_root / "Testing")],
+        "export": ["export", "--run", run_dir, "--format", "savedmodel", "--out", str(tmp_path / "saved_model")],
+    }.items()}
+    try:
+        deadline = time.monotonic() + 300
+        while not _answers(f"http://127.0.0.1:{port}/"):
+            assert serve.poll() is None and time.monotonic() < deadline, "braintumor serve did not come up"
+            time.sleep(1)
+        assert {name: process.wait(timeout=600) for name, process in others.items()} == dict.fromkeys(others, 0)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+    for name in ["serve", *others]:
+        chatter = [line for line in (tmp_path / f"{name}.err").read_text().splitlines() if CHATTER.match(line)]
+        assert not chatter, f"{name}: {chatter}"

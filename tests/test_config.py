@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -10,12 +11,12 @@ import pytest
 import yaml
 
 from braintumor.cli import main
-from braintumor.core.config import Config, load_config, parse_config, read_listing
+from braintumor.core.config import Config, load_config, parse_config, read_listing, shipped_configs
 from braintumor.core.errors import UserError
 
+ROOT = Path(__file__).resolve().parents[1]
 # experiment configs; a sweep listing (configs/study.yaml) names some of them and is tested in test_sweep.py
-CONFIGS = sorted(path for path in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-                 if read_listing(path) is None)
+CONFIGS = sorted(path for path in (ROOT / "configs").glob("*.yaml") if read_listing(path) is None)
 
 
 def test_defaults_and_overrides_are_typed():
@@ -118,9 +119,45 @@ def test_fourteen_configs_including_the_studys_chosen_model_and_the_scratch_reci
     assert cfg.augmentation.enabled and cfg.augmentation.mode == "offline" and cfg.augmentation.copies == 1
 
 
-def test_validate_cli_accepts_all_shipped_configs(capsys):
-    assert main(["validate", *map(str, CONFIGS)]) == 0
-    assert capsys.readouterr().out.count("ok ") == 14
+def test_validate_checks_every_file_in_configs_and_the_configs_a_listing_names(capsys, monkeypatch):
+    """`braintumor validate configs/*.yaml` as typed in the clone: a sweep listing is checked by checking each
+    config it names, one line each, indented under the listing."""
+    monkeypatch.chdir(ROOT)
+    files = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "configs").glob("*.yaml"))
+    assert main(["validate", *files]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    named = [f"configs/{path.name}" for path in read_listing(ROOT / "configs" / "study.yaml")]
+    start = lines.index(f"sweep listing configs/study.yaml: {len(named)} configs")
+    under = lines[start + 1:start + 1 + len(named)]
+    assert [line.split()[:2] for line in under] == [["ok", name] for name in named]
+    assert all(line.startswith("  ok  ") for line in under)
+    rest = lines[:start] + lines[start + 1 + len(named):]
+    assert [line.split()[:2] for line in rest] == [["ok", name] for name in files if name != "configs/study.yaml"]
+
+
+def test_a_bare_name_is_a_shipped_config_and_a_path_that_exists_wins(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ here, as outside a clone
+    assert set(shipped_configs()) == {path.stem for path in (ROOT / "configs").glob("*.yaml")}
+    assert main(["validate", "scratch", "quickstart.yaml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"ok  {shipped_configs()['scratch']}  (scratch: simple_cnn, full")
+    assert out[1].startswith(f"ok  {shipped_configs()['quickstart']}  (quickstart: simple_cnn, full")
+    (tmp_path / "quickstart.yaml").write_text("model: {backbone: vgg16}\n")
+    assert main(["validate", "quickstart.yaml"]) == 0
+    assert capsys.readouterr().out.startswith("ok  quickstart.yaml  (quickstart: vgg16")
+    assert main(["validate", "quickstrat"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config quickstrat not found;") and "quickstart, resnet50_adam" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_train_and_sweep_take_a_shipped_config_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "quickstart", "--set", "train.epoch=3"]) == 2  # the config is read, before TensorFlow
+    assert f"error: {shipped_configs()['quickstart']}: unknown key 'train.epoch'" in capsys.readouterr().err
+    assert main(["sweep", "study", "--dry-run", "--set", f"output.dir={tmp_path}"]) == 0
+    manifest = json.loads(next(tmp_path.glob("sweep-study-*/manifest.json")).read_text())
+    assert [Path(run["config"]) for run in manifest["runs"]] == read_listing(shipped_configs()["study"])
 
 
 @pytest.mark.parametrize("content, key", [
@@ -153,7 +190,7 @@ def test_invalid_yaml_and_missing_file(tmp_path, capsys):
 
 
 def test_readme_documents_every_config_key():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
 
     def keys(obj, prefix=""):
         for f in dataclasses.fields(obj):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field
@@ -339,3 +340,26 @@ def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
 
 def save_config(cfg: Config, path: Path) -> None:
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that come with braintumor (the repository's configs/, package data `braintumor.configs`), by name."""
+    try:
+        folder = importlib.resources.files("braintumor.configs")
+    except ModuleNotFoundError as err:  # a source tree on PYTHONPATH whose install predates the package data
+        raise UserError("the shipped configs are not installed; reinstall braintumor (pip install -e .)") from err
+    return {Path(item.name).stem: Path(str(item)) for item in folder.iterdir() if item.name.endswith(".yaml")}
+
+
+def resolve_config(name: str) -> Path:
+    """The config file a user named on the command line: a path that exists wins; a bare name such as
+    `quickstart` (or `quickstart.yaml`) is one of the shipped configs."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    shipped = shipped_configs()
+    stem = path.name.removesuffix(".yaml")
+    if len(path.parts) == 1 and stem in shipped:
+        return shipped[stem]
+    raise UserError(f"config {name} not found; pass a YAML file or the name of a shipped config: "
+                    f"{', '.join(sorted(shipped))}")

@@ -1,0 +1,37 @@
+"""`braintumor predict`: classify image files or folders with a trained run, optionally with Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from braintumor.apps.commands.shared import add_run_dir, start_tensorflow
+
+HELP = "classify image files or folders with a trained run (optionally Grad-CAM)"
+DESCRIPTION = ("Classify images with a run's model, through the run's own decoding and preprocessing: one line "
+               "per image, or --json, or --csv.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_dir(parser)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked for images)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
+    output.add_argument("--csv", metavar="FILE", help="also write the predictions with predictions.csv's columns")
+    parser.add_argument("--gradcam", metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per image into OUT_DIR")
+    parser.add_argument("--gradcam-class", metavar="NAME", help="explain this class instead of the predicted one")
+    parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per model call")
+
+
+def run(args: argparse.Namespace) -> None:
+    from braintumor.core.run import Run
+
+    run_ = Run.completed(run_, "predict")  # answered before TensorFlow loads
+    start_tensorflow(args.debug)
+    from braintumor.apps import predict
+
+    predict.run_predict(
+        run_, [Path(p) for p in args.paths], as_json=args.json,
+        csv_path=Path(args.csv) if args.csv else None, gradcam_dir=Path(args.gradcam) if args.gradcam else None,
+        gradcam_class=args.gradcam_class, tta=args.tta, batch_size=args.batch_size)
