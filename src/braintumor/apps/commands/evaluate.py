@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from braintumor.apps.commands.shared import start_tensorflow
-from braintumor.core.errors import UserError
 
 HELP = "evaluate a trained run on a split or another folder tree"
 DESCRIPTION = ("Score a run's model.keras; writes metrics.json, predictions.csv and the report files into a "
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> None:
     if args.ensemble:
         runs = [Run.completed(Path(run), "evaluate --ensemble") for run in args.ensemble]
     else:
-        run_ = Run.completed(Path(args.run), "evaluate")
+        run = Run.completed(Path(args.run), "evaluate")
     start_tensorflow(args.debug)
     from braintumor.engine import evaluate
 
@@ -46,5 +45,5 @@ def run(args: argparse.Namespace) -> None:
         evaluate.evaluate_ensemble(runs, split=args.split, out_dir=out_dir,
                                    tta=args.tta)
         return
-    evaluate.evaluate_run(run_, data_root=Path(args.data) if args.data else None, split=args.split,
+    evaluate.evaluate_run(run, data_root=Path(args.data) if args.data else None, split=args.split,
                           out_dir=out_dir, tta=args.tta, leak_free=args.leak_free)

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from braintumor.core.run import Run
 
-    run_ = Run.completed(run_, "export")  # answered before TensorFlow loads
+    run = Run.completed(Path(args.run), "export")  # answered before TensorFlow loads
     start_tensorflow(args.debug)
     from braintumor.apps import export
 
-    export.export_run(run_, args.format, out=Path(args.out) if args.out else None)
+    export.export_run(run, args.format, out=Path(args.out) if args.out else None)

@@ -27,11 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from braintumor.core.run import Run
 
-    run_ = Run.completed(run_, "predict")  # answered before TensorFlow loads
+    run = Run.completed(Path(args.run), "predict")  # answered before TensorFlow loads
     start_tensorflow(args.debug)
     from braintumor.apps import predict
 
     predict.run_predict(
-        run_, [Path(p) for p in args.paths], as_json=args.json,
+        run, [Path(p) for p in args.paths], as_json=args.json,
         csv_path=Path(args.csv) if args.csv else None, gradcam_dir=Path(args.gradcam) if args.gradcam else None,
         gradcam_class=args.gradcam_class, tta=args.tta, batch_size=args.batch_size)

@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from braintumor.core.run import Run
 
-    run_ = Run.completed(run_, "serve")  # answered before TensorFlow loads
+    run = Run.completed(Path(args.run), "serve")  # answered before TensorFlow loads
     start_tensorflow(args.debug)
     from braintumor.apps import serve
 
-    serve.serve(run_, host=args.host, port=args.port)
+    serve.serve(run, host=args.host, port=args.port)
