@@ -40,11 +40,11 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from braintumor.core.atomic import write_json
-from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import Config
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.data import augment
+from braintumor.models.facts import backbone_of, fine_tune_after
 
 log = get_logger(__name__)
 
@@ -89,8 +89,8 @@ def split(cfg: Config, model: keras.Model) -> Split:
         suffix = _rebuild(model, {id(pooled): keras.Input(pooled.shape[1:], name="prefix_outputs")})
         return _logged(Split("on: the frozen backbone runs once, then only the head trains", "pool",
                              keras.Model(model.inputs, pooled, name="prefix"), suffix))
-    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    name = cfg.model.fine_tune_after or BACKBONES[cfg.model.backbone].fine_tune_after
+    backbone = backbone_of(model)
+    name = fine_tune_after(cfg.model, backbone)
     boundary = f"{backbone.name}/{name}"
     inner = backbone.get_layer(name).output
     after = keras.Input(inner.shape[1:], name="boundary")

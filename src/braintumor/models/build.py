@@ -15,6 +15,7 @@ import numpy as np
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import ModelConfig
 from braintumor.core.errors import UserError, describe
+from braintumor.models.facts import fine_tune_after
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ImageNet channel means, subtracted after the RGB → BGR flip
 
@@ -120,12 +121,8 @@ def _freeze(backbone: keras.Model, cfg: ModelConfig) -> None:
     elif cfg.mode == "feature-extraction":
         backbone.trainable = False
     else:
-        boundary = cfg.fine_tune_after or BACKBONES[cfg.backbone].fine_tune_after
         names = [layer.name for layer in backbone.layers]
-        if boundary not in names:
-            raise UserError(f"model.fine_tune_after = {boundary!r} is not a layer of {cfg.backbone}; "
-                            f"use a layer name such as {names[len(names) // 2]!r}")
-        first_trainable = names.index(boundary) + 1
+        first_trainable = names.index(fine_tune_after(cfg, backbone)) + 1
         for index, layer in enumerate(backbone.layers):
             layer.trainable = index >= first_trainable
 
