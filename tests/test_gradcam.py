@@ -1,6 +1,9 @@
-"""Grad-CAM: maps for every backbone and mode, mixed precision, localisation, and the --gradcam PNGs."""
+"""Grad-CAM: maps for every backbone and mode and every simple_cnn shape, reloaded models, mixed precision,
+localisation, and the --gradcam PNGs (of configs/scratch.yaml's model too)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,6 +17,10 @@ from braintumor.models.build import build_model, computing_layers
 
 # the smallest sizes where the target layer's map is at least 2 × 2 (a 1 × 1 map upsamples to a constant)
 SIZES = {"vgg16": 32, "resnet50": 64, "inceptionv3": 107, "simple_cnn": 32}
+# the layer each backbone's maps weigh: its last convolutional block's output
+EXPLAINED = {"vgg16": "block5_conv3", "resnet50": "conv5_block3_out", "inceptionv3": "mixed10",
+             "simple_cnn": "conv3_relu"}
+SCRATCH = Path(__file__).resolve().parents[1] / "configs" / "scratch.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -32,17 +39,46 @@ def _images(size: int, n: int = 2) -> np.ndarray:
 def test_each_backbone_and_mode_gives_a_map_of_the_image_size_that_is_not_constant(backbone, mode):
     size = SIZES[backbone]
     model = build_model(ModelConfig(backbone=backbone, weights="none", mode=mode), size, 4)
-    maps, probs = GradCam(model, backbone)(_images(size))
+    cam = GradCam(model)
+    assert cam.layer == EXPLAINED[backbone]
+    _assert_maps(cam, model, size)
+
+
+def _assert_maps(cam: GradCam, model: keras.Model, size: int) -> np.ndarray:
+    maps, probs = cam(_images(size))
     assert maps.shape == (2, size, size) and maps.dtype == np.float32
     assert np.allclose(probs, model.predict(_images(size).astype(np.float32), verbose=0), atol=1e-5)
     for heatmap in maps:
         assert heatmap.max() == pytest.approx(1.0) and heatmap.min() >= 0 and heatmap.std() > 0.01
+    return maps
+
+
+# every depth with each convs_per_block, and every (convs_per_block, channels) pair: the grayscale layer sits before
+# the backbone, so channels cannot interact with depth
+@pytest.mark.parametrize("depth,convs,channels", [(2, 1, 1), (2, 2, 3), (3, 1, 3), (3, 2, 1),
+                                                  (4, 1, 1), (4, 2, 3), (5, 1, 3), (5, 2, 1)])
+def test_every_simple_cnn_shape_is_explained_at_its_last_blocks_output(depth, convs, channels):
+    cfg = ModelConfig(backbone="simple_cnn", weights="none", mode="full", width=4, depth=depth, convs_per_block=convs)
+    model = build_model(cfg, 32, 4, channels)
+    cam = GradCam(model)
+    assert cam.layer == (f"conv{depth}_relu" if convs == 1 else f"conv{depth}_{convs}_relu")
+    _assert_maps(cam, model, 32)
+
+
+def test_a_saved_and_reloaded_model_explains_the_same_layer_with_the_same_maps(tmp_path):
+    cfg = ModelConfig(backbone="simple_cnn", weights="none", mode="full", width=4, depth=5, convs_per_block=2)
+    model = build_model(cfg, 32, 4, channels=1)  # configs/scratch.yaml's shape
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    cam, cam_reloaded = GradCam(model), GradCam(reloaded)
+    assert cam_reloaded.layer == cam.layer == "conv5_2_relu"
+    np.testing.assert_allclose(_assert_maps(cam_reloaded, reloaded, 32), cam(_images(32))[0], atol=1e-6)
 
 
 def test_a_mixed_precision_model_is_explained_in_float32():
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     model = build_model(ModelConfig(backbone="simple_cnn", weights="none", mode="full"), 32, 4)
-    cam = GradCam(model, "simple_cnn")
+    cam = GradCam(model)
     assert {layer.dtype_policy.name for layer in computing_layers(cam.backbone)} == {"float32"}
     maps, _ = cam(_images(32))
     assert maps.shape == (2, 32, 32) and len(np.unique(maps[0])) > 50  # bfloat16 gradients would give few levels
@@ -70,7 +106,7 @@ def test_the_maps_peak_lies_in_the_quadrant_of_the_blob_that_decides_the_class()
     model.fit(images.astype(np.float32), labels, batch_size=32, epochs=6, verbose=0)
     test, test_labels, quadrants = _blob_images(rng, 40)
     blob = test_labels == 1
-    maps, probs = GradCam(model, "simple_cnn")(test[blob], np.ones(blob.sum(), int))
+    maps, probs = GradCam(model)(test[blob], np.ones(blob.sum(), int))
     assert (probs.argmax(axis=1) == 1).mean() >= 0.9  # the model learnt the task
     peaks = [np.unravel_index(m.argmax(), m.shape) for m in maps]
     found = np.array([(y >= 16) * 2 + (x >= 16) for y, x in peaks])
@@ -87,3 +123,20 @@ def test_predict_gradcam_writes_a_titled_png_per_image(trained_run, synth_root, 
     with Image.open(pngs[0]) as png:
         assert png.format == "PNG" and png.size[0] > png.size[1] > 200
     assert "wrote 6 Grad-CAM image(s)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_gradcam_on_a_run_of_the_scratch_recipes_model(synth_root, tmp_path, capsys):
+    """configs/scratch.yaml's model (5 blocks of 2 convs, one channel, brain_crop + standardize, precise BN) at
+    32 px for one epoch: its Grad-CAM layer is not the default simple_cnn's."""
+    sets = {"data.root": synth_root, "data.image_size": 32, "data.cache_dir": tmp_path / "cache",
+            "output.dir": tmp_path / "outputs", "train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": 8,
+            "train.precision": "float32", "train.tensorboard": "false"}
+    overrides = [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+    assert main(["train", str(SCRATCH), *overrides]) == 0
+    (run,) = (tmp_path / "outputs").iterdir()
+    capsys.readouterr()
+    folder = synth_root / "Testing" / "glioma_tumor"
+    assert main(["predict", "--run", str(run), str(folder), "--gradcam", str(tmp_path / "cams")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(list(folder.glob("*.jpg")))
+    assert sorted(p.stem for p in (tmp_path / "cams").glob("*.png")) == sorted(p.stem for p in folder.glob("*.jpg"))

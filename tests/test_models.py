@@ -1,4 +1,5 @@
-"""Backbone registry, trainable modes, weights loading and its errors, safe-mode saving."""
+"""Backbone registry, the fine-tune boundary a built model reports, trainable modes, weights loading and its
+errors, safe-mode saving."""
 
 from __future__ import annotations
 
@@ -9,24 +10,43 @@ from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import ModelConfig
 from braintumor.core.errors import UserError
 from braintumor.models.build import build_backbone, build_model
+from braintumor.models.facts import backbone_of, fine_tune_after
 
 
 def _trainable_backbone_weights(model, backbone: str) -> int:
-    inner = [layer for layer in model.layers if layer.name not in ("image", "preprocess", "pool", "head")][0]
-    return len(inner.trainable_weights)
+    return len(backbone_of(model).trainable_weights)
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet50", "inceptionv3", "simple_cnn"])
-def test_each_backbone_builds_at_its_minimum_size_and_predicts(name):
+def _assert_frozen_up_to(backbone, boundary: str) -> None:
+    names = [layer.name for layer in backbone.layers]
+    assert not any(layer.trainable for layer in backbone.layers[: names.index(boundary) + 1])
+    assert all(layer.trainable for layer in backbone.layers[names.index(boundary) + 1:])
+
+
+@pytest.mark.parametrize("name,boundary", [("vgg16", "block4_pool"), ("resnet50", "conv4_block6_out"),
+                                           ("inceptionv3", "mixed8"), ("simple_cnn", "conv2_pool")])
+def test_each_backbone_builds_at_its_minimum_size_and_predicts(name, boundary):
     size = BACKBONES[name].min_size
-    model = build_model(ModelConfig(backbone=name, weights="none", mode="fine-tune"), size, 4)
+    cfg = ModelConfig(backbone=name, weights="none", mode="fine-tune")
+    model = build_model(cfg, size, 4)
     probs = model.predict(np.zeros((2, size, size, 3), np.float32), verbose=0)
     assert probs.shape == (2, 4) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    backbone = model.layers[2]
-    names = [layer.name for layer in backbone.layers]
-    boundary = names.index(BACKBONES[name].fine_tune_after)
-    assert not any(layer.trainable for layer in backbone.layers[: boundary + 1])
-    assert all(layer.trainable for layer in backbone.layers[boundary + 1:])
+    assert fine_tune_after(cfg, backbone_of(model)) == boundary
+    _assert_frozen_up_to(backbone_of(model), boundary)
+
+
+@pytest.mark.parametrize("depth", [2, 5])
+def test_simple_cnn_fine_tunes_its_last_block_whatever_its_depth(depth):
+    cfg = ModelConfig(backbone="simple_cnn", weights="none", mode="fine-tune", width=4, depth=depth, convs_per_block=2)
+    backbone = backbone_of(build_model(cfg, 32, 4, channels=1))
+    assert fine_tune_after(cfg, backbone) == f"conv{depth - 1}_pool"
+    _assert_frozen_up_to(backbone, f"conv{depth - 1}_pool")
+    assert {layer.name.split("_")[0] for layer in backbone.layers if layer.trainable_weights} == {f"conv{depth}"}
+
+
+def test_a_single_block_simple_cnn_cannot_fine_tune():
+    with pytest.raises(UserError, match="model.depth 1 has a single block.*model.depth 2 or more"):
+        build_model(ModelConfig(backbone="simple_cnn", weights="none", mode="fine-tune", depth=1), 32, 4)
 
 
 def test_modes_freeze_what_they_say():

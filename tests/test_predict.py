@@ -1,9 +1,12 @@
-"""`braintumor predict`, and a model.keras that plain Keras loads (and old runs that still load)."""
+"""`braintumor predict` (one line per image, inputs never overwritten, outputs checked before the work), and a
+model.keras that plain Keras loads (and old runs that still load)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from braintumor.cli import main
 from braintumor.core.backbones import BACKBONES
@@ -126,3 +130,64 @@ def test_runs_saved_with_the_old_custom_preprocessing_layer_still_load(tmp_path)
     images = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     loaded = load_run_model(Run(tmp_path / "run"))
     assert np.allclose(loaded.predict(images, verbose=0), old.predict(images, verbose=0), atol=1e-6)
+
+
+def _one_line_error(capsys, *args: str) -> str:
+    assert main(["predict", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    return captured.err
+
+
+def test_gradcam_never_overwrites_an_input_scan(trained_run, synth_root, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for jpg in sorted((synth_root / "Testing" / "glioma_tumor").glob("*.jpg"))[:3]:
+        with Image.open(jpg) as image:
+            image.save(scans / f"{jpg.stem}.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.link(scans / "synth_0001.png", elsewhere / "synth_0001.png")  # the same file under another name
+    before = {path: path.read_bytes() for path in [*scans.iterdir(), *elsewhere.iterdir()]}
+    run = ["--run", str(trained_run)]
+    for folder in (scans, scans / "overlays"):  # the input folder, or a folder inside it
+        assert "is inside the input folder" in _one_line_error(capsys, *run, str(scans), "--gradcam", str(folder))
+    for image, out in ((scans / "synth_0000.png", scans), (scans / "synth_0001.png", elsewhere)):
+        err = _one_line_error(capsys, *run, str(image), "--gradcam", str(out))
+        assert f"would overwrite the input image {image}" in err
+    assert {path: path.read_bytes() for path in [*scans.rglob("*"), *elsewhere.iterdir()]} == before
+
+
+def test_a_file_name_cannot_forge_a_result_line(trained_run, synth_root, tmp_path, capsys):
+    folder = tmp_path / "odd names"
+    folder.mkdir()
+    scan = synth_root / "Testing" / "no_tumor" / "synth_0000.jpg"
+    forged = "scan.jpg  glioma_tumor 1.000  (x)\n\x1b[2Kforged"
+    (folder / f"{forged}.jpg").write_bytes(scan.read_bytes())
+    (folder / "text\nnot an image.jpg").write_text("not an image")
+    assert main(["predict", "--run", str(trained_run), str(folder), "--csv", str(tmp_path / "p.csv")]) == 0
+    captured = capsys.readouterr()
+    (line,) = captured.out.splitlines()
+    assert line.startswith(f"{folder}/scan.jpg  glioma_tumor 1.000  (x)\\n\\x1b[2Kforged.jpg  ")
+    (skipped,) = [line for line in captured.err.splitlines() if line.startswith("skipped")]
+    assert skipped.startswith(f"skipped {folder}/text\\nnot an image.jpg: ")
+    with (tmp_path / "p.csv").open(newline="") as handle:
+        assert [row[0] for row in csv.reader(handle)] == ["file", str(folder / f"{forged}.jpg")]  # kept exactly
+    (result,) = _predict_json(capsys, "--run", str(trained_run), str(folder / f"{forged}.jpg"))
+    assert result["file"] == str(folder / f"{forged}.jpg")
+
+
+def test_an_unwritable_csv_or_gradcam_path_fails_before_the_model_is_loaded(trained_run, synth_root, tmp_path,
+                                                                            capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "model.keras").write_bytes(b"damaged")  # loading it would fail with another message
+    image = str(synth_root / "Testing" / "glioma_tumor" / "synth_0000.jpg")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("a regular file")
+    for option, path in (("--csv", a_file / "p.csv"), ("--gradcam", a_file / "cams"), ("--gradcam", a_file)):
+        err = _one_line_error(capsys, "--run", str(run), image, option, str(path))
+        assert f"cannot write {option} {path} ([Errno 20] not a folder: '{a_file}')" in err
+    assert "is a folder" in _one_line_error(capsys, "--run", str(run), image, "--csv", str(tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "run"]  # nothing written
+    assert "model.keras cannot be loaded" in _one_line_error(capsys, "--run", str(run), image)

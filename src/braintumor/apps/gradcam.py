@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al., 2017): where in a scan the evidence for a class lies.
 
-The heat map weighs the feature maps of the backbone's last convolutional block (the registry's
-`gradcam_layer`) by the gradient of the class score with respect to them. Our models nest the
+The heat map weighs the feature maps of the backbone's last convolutional block (read off the model
+by `models.facts.gradcam_layer`) by the gradient of the class score with respect to them. Our models nest the
 backbone as a sub-model after the preprocessing layer, so the keras.io recipe (one model from the
 input to that layer's output and the model's output) fails with "Graph disconnected". Instead,
 two stages: the backbone sub-model up to the target layer and to its own output, then the layers
@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from braintumor.core.atomic import write_bytes
-from braintumor.core.backbones import BACKBONES
 from braintumor.models.build import float32_model
+from braintumor.models.facts import backbone_of, gradcam_layer
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
@@ -31,18 +31,14 @@ OVERLAY_ALPHA = 0.45  # heat map opacity over the scan
 class GradCam:
     """Heat maps of one model; built once, then called per batch."""
 
-    def __init__(self, model: keras.Model, backbone: str):
+    def __init__(self, model: keras.Model):
         model = float32_model(model)
-        target = BACKBONES[backbone].gradcam_layer
-        layers = model.layers[1:]  # after the Input: preprocess, backbone, pool, head (a chain)
-        nested = [i for i, layer in enumerate(layers)
-                  if isinstance(layer, keras.Model) and target in {inner.name for inner in layer.layers}]
-        if not nested:
-            raise ValueError(f"no sub-model of {model.name} has the Grad-CAM layer {target!r}")
-        index = nested[0]
-        inner = layers[index]
+        inner = backbone_of(model)
+        layers = model.layers[1:]  # after the Input: preprocess, [grayscale], backbone, pool, head (a chain)
+        index = layers.index(inner)
         self.before, self.after = layers[:index], layers[index + 1:]
-        self.backbone = keras.Model(inner.inputs, [inner.get_layer(target).output, inner.outputs[0]])
+        self.layer = gradcam_layer(inner)  # the layer explained
+        self.backbone = keras.Model(inner.inputs, [inner.get_layer(self.layer).output, inner.outputs[0]])
 
     def __call__(self, images: np.ndarray, class_index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W) heat maps in [0, 1] at the images' size, and the (N, C) probabilities.

@@ -21,13 +21,14 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from braintumor.core.atomic import atomic_output
+from braintumor.core.atomic import check_writable_folder
 from braintumor.core.errors import UserError, describe
 from braintumor.core.run import Run
 from braintumor.data.decode import decode_image
 from braintumor.data.files import walk
 from braintumor.engine.evaluate import PREDICT_BATCH
 from braintumor.models.saved import load_run_model
+from braintumor.results.cells import one_line
 from braintumor.results.reports import PREDICTION_COLUMNS, write_csv
 
 
@@ -126,22 +127,61 @@ def _gradcam_names(files: list[Path], roots: list[Path]) -> dict[Path, str]:
     return names
 
 
+def _check_writable(folder: Path, option: str, path: Path) -> None:
+    try:
+        check_writable_folder(folder)
+    except OSError as err:
+        raise UserError(f"cannot write {option} {path} ({describe(err)}); choose a path in a writable folder") from err
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file's identity (a link or another spelling of a path is the same file), None where there is none."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _check_gradcam_dir(gradcam_dir: Path, paths: list[Path], files: list[Path], names: dict[Path, str]) -> None:
+    """Refuse a --gradcam folder whose overlays would replace an input image, or land among the inputs (where the
+    next predict or train on that folder would read them as scans); and one that cannot be written."""
+    out = gradcam_dir.resolve()
+    for folder in paths:
+        if folder.is_dir() and out.is_relative_to(folder.resolve()):
+            raise UserError(f"--gradcam {gradcam_dir} is inside the input folder {one_line(folder)}, where the "
+                            "overlays could replace scans and would be read as scans next time; choose a folder "
+                            "outside it")
+    inputs = {key: file for file in files if (key := _file_id(file))}
+    for name in names.values():
+        if (key := _file_id(gradcam_dir / name)) and (replaced := inputs.get(key)):
+            raise UserError(f"--gradcam {gradcam_dir} would overwrite the input image {one_line(replaced)} with an "
+                            "overlay; choose an output folder that holds no input image")
+    _check_writable(gradcam_dir, "--gradcam", gradcam_dir)
+
+
 def predict_paths(run: Run, paths: list[Path], batch_size: int = PREDICT_BATCH, tta: bool = False,
                   gradcam_dir: Path | None = None, gradcam_class: str | None = None,
                   ) -> tuple[list[Prediction], list[dict], list[str]]:
-    """Predictions for the readable files, the skipped files with reasons, and the class order."""
+    """Predictions for the readable files, the skipped files with reasons, and the class order.
+
+    The inputs and the Grad-CAM folder are checked before the model loads, so a bad output path costs no work."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} is not positive; give a batch size of 1 or more")
+    files, skipped = expand_paths(paths)
+    names = None
+    if gradcam_dir is not None:
+        names = _gradcam_names(files, paths)
+        _check_gradcam_dir(gradcam_dir, paths, files, names)
     loaded = load_run(run)
     if gradcam_class is not None and gradcam_class not in loaded.classes:
         raise UserError(f"--gradcam-class {gradcam_class!r} is not a class of this run; "
                         f"use one of: {', '.join(loaded.classes)}")
-    files, skipped = expand_paths(paths)
-    cam = names = None
+    cam = None
     if gradcam_dir is not None:
         from braintumor.apps.gradcam import GradCam
 
-        cam, names = GradCam(loaded.model, loaded.backbone), _gradcam_names(files, paths)
+        cam = GradCam(loaded.model)
     predictions = []
     with tqdm(total=len(files), desc="predicting", unit="img", leave=False, disable=len(files) < 2 * batch_size) as bar:
         for batch_files, images in decoded_batches(loaded, files, batch_size, skipped):
@@ -177,19 +217,23 @@ def _true_label(file: str, classes: list[str]) -> str:
 
 def write_predictions_csv(path: Path, predictions: list[Prediction], classes: list[str]) -> None:
     """predictions.csv's columns; `true` is the file's class folder where it is one of the classes."""
-    with atomic_output(path) as tmp:
-        write_csv(tmp, [*PREDICTION_COLUMNS, *(f"p_{name}" for name in classes)], (
-            [p.file, _true_label(p.file, classes), classes[int(p.probabilities.argmax())], *p.probabilities.tolist()]
-            for p in predictions))
+    write_csv(path, [*PREDICTION_COLUMNS, *(f"p_{name}" for name in classes)], (
+        [p.file, _true_label(p.file, classes), classes[int(p.probabilities.argmax())], *p.probabilities.tolist()]
+        for p in predictions))
 
 
 def run_predict(run: Run, paths: list[Path], as_json: bool = False, csv_path: Path | None = None,
                 gradcam_dir: Path | None = None, gradcam_class: str | None = None, tta: bool = False,
                 batch_size: int = PREDICT_BATCH) -> None:
-    """`braintumor predict`: results on stdout (lines or JSON), skipped files on stderr."""
+    """`braintumor predict`: results on stdout (lines or JSON; one line per image, names escaped), skipped files
+    on stderr."""
+    if csv_path is not None:
+        if csv_path.is_dir():
+            raise UserError(f"--csv {csv_path} is a folder; give a file path such as {csv_path / 'predictions.csv'}")
+        _check_writable(csv_path.parent, "--csv", csv_path)
     predictions, skipped, classes = predict_paths(run, paths, batch_size, tta, gradcam_dir, gradcam_class)
     for item in skipped:
-        print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
+        print(f"skipped {one_line(item['file'])}: {one_line(item['reason'])}", file=sys.stderr)
     if not predictions:
         raise UserError(f"none of the {len(skipped)} file(s) could be read as an image; "
                         "pass image files (.jpg .jpeg .png .bmp) or folders holding them")
@@ -201,7 +245,7 @@ def run_predict(run: Run, paths: list[Path], as_json: bool = False, csv_path: Pa
         for p in predictions:
             ranked = sorted(zip(classes, p.probabilities, strict=True), key=lambda kv: -kv[1])
             others = ", ".join(f"{name} {prob:.3f}" for name, prob in ranked[1:])
-            print(f"{p.file}  {ranked[0][0]} {ranked[0][1]:.3f}  ({others})")
+            print(f"{one_line(p.file)}  {ranked[0][0]} {ranked[0][1]:.3f}  ({others})")
     if csv_path is not None:
         print(f"wrote {csv_path}", file=sys.stderr)
     if gradcam_dir is not None:

@@ -70,7 +70,7 @@ def build_demo(source: Run, examples: list[Path]):
     import gradio as gr
 
     run = load_run(source)
-    cam = GradCam(run.model, run.backbone)
+    cam = GradCam(run.model)
 
     def classify(upload: str | None):
         if not upload:

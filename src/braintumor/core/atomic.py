@@ -7,9 +7,11 @@ a failure, including a full disk or Ctrl-C, removes the temp sibling and leaves 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,19 @@ def atomic_output(dest: Path, folder: bool = False) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Raise the OSError that writing into `folder` (its missing parents created, as atomic_output does) would
+    meet, so a command can refuse before its work instead of after it: an unnamed temp file is created and
+    closed in the nearest existing ancestor, which must be a folder (a path under a regular file fails here)."""
+    existing = Path(folder)
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(existing))
+    with tempfile.TemporaryFile(dir=existing, prefix=".probe-"):
+        pass
 
 
 def write_bytes(path: Path, data: bytes) -> None:

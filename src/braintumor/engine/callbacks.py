@@ -218,10 +218,11 @@ class EpochSeeds(keras.callbacks.Callback):
         self.seed = seed
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        generators = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
-        for index, state in enumerate(generators):
+        generators = [value for layer in computing_layers(self.model) for value in vars(layer).values()
+                      if isinstance(value, keras.random.SeedGenerator)]
+        for index, generator in enumerate(generators):
             digest = hashlib.sha256(f"{self.seed}/{epoch}/{index}".encode()).digest()
-            state.assign([int.from_bytes(digest[:4], "little"), 0])
+            generator.state.assign([int.from_bytes(digest[:4], "little"), 0])
 
 
 class Interrupted(KeyboardInterrupt):

@@ -40,11 +40,12 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from braintumor.core.atomic import write_json
-from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import Config
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.data import augment
+from braintumor.models.facts import backbone_of, fine_tune_after
+from braintumor.models.keras_internals import call_arguments, layer_calls
 
 log = get_logger(__name__)
 
@@ -89,8 +90,8 @@ def split(cfg: Config, model: keras.Model) -> Split:
         suffix = _rebuild(model, {id(pooled): keras.Input(pooled.shape[1:], name="prefix_outputs")})
         return _logged(Split("on: the frozen backbone runs once, then only the head trains", "pool",
                              keras.Model(model.inputs, pooled, name="prefix"), suffix))
-    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    name = cfg.model.fine_tune_after or BACKBONES[cfg.model.backbone].fine_tune_after
+    backbone = backbone_of(model)
+    name = fine_tune_after(cfg.model, backbone)
     boundary = f"{backbone.name}/{name}"
     inner = backbone.get_layer(name).output
     after = keras.Input(inner.shape[1:], name="boundary")
@@ -101,7 +102,7 @@ def split(cfg: Config, model: keras.Model) -> Split:
                              "the whole model", boundary))
     after_part = keras.Model(after, tensors[id(backbone.outputs[0])], name=f"{backbone.name}_after_{name}")
     before_part = keras.Model(backbone.inputs, inner, name=f"{backbone.name}_to_{name}")
-    call = next(node for nodes in model._nodes_by_depth.values() for node in nodes if node.operation is backbone)
+    call = next(node for node in layer_calls(model) if node.operation is backbone)
     image = keras.Input(model.inputs[0].shape[1:], name=model.inputs[0].name)
     prefix_tensors, _ = _replay(model, {id(model.inputs[0]): image}, swap={backbone: before_part}, last=backbone)
     prefix = keras.Model(image, prefix_tensors[id(call.outputs[0])], name="prefix")
@@ -123,23 +124,20 @@ def _replay(graph: keras.Model, seeds: dict, swap: dict | None = None, last=None
     in place of one of `graph`'s; nodes whose inputs are not available are skipped (they belong to the part
     before the seeds). Returns the ids of `graph`'s tensors mapped to the new ones, and the name of the first
     layer that needs both a new tensor and one from before the seeds (a cut through a skip connection).
-    Keras 3 has no public "model from an inner layer on"; this follows keras.src Function._run_through_graph.
+    Keras 3 has no public "model from an inner layer on" (models/keras_internals.py).
     """
     tensors, swap = dict(seeds), swap or {}
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            if node.is_input or not node.operation:
-                continue
-            available = [id(x) in tensors for x in node.input_tensors]
-            if not all(available):
-                if any(available):
-                    return tensors, node.operation.name
-                continue
-            args, kwargs = node.arguments.fill_in(tensors)
-            outputs = swap.get(node.operation, node.operation)(*args, **kwargs)
-            tensors.update(zip((id(x) for x in node.outputs), keras.tree.flatten(outputs), strict=True))
-            if node.operation is last:
-                return tensors, None
+    for node in layer_calls(graph):
+        available = [id(x) in tensors for x in node.input_tensors]
+        if not all(available):
+            if any(available):
+                return tensors, node.operation.name
+            continue
+        args, kwargs = call_arguments(node, tensors)
+        outputs = swap.get(node.operation, node.operation)(*args, **kwargs)
+        tensors.update(zip((id(x) for x in node.outputs), keras.tree.flatten(outputs), strict=True))
+        if node.operation is last:
+            return tensors, None
     return tensors, None
 
 

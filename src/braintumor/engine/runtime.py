@@ -17,6 +17,9 @@ import numpy
 import sklearn
 import tensorflow as tf
 
+from braintumor.models.build import computing_layers
+from braintumor.models.keras_internals import layers_without_xla
+
 
 def cpu_supports_bf16() -> bool:
     try:
@@ -39,7 +42,7 @@ def resolve_precision(setting: str) -> tuple[str, str]:
 
 def resolve_xla(model: keras.Model, setting: str) -> tuple[bool, str]:
     """Whether to compile with XLA, and why."""
-    unsupported = [layer.name for layer in _all_layers(model) if not getattr(layer, "supports_jit", True)]
+    unsupported = layers_without_xla(computing_layers(model))
     if setting == "off":
         return False, "off in config"
     if unsupported:
@@ -72,15 +75,6 @@ def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         return list(strategy.extended.worker_devices)
     return ["/device:GPU:0" if tf.config.list_physical_devices("GPU") else "/device:CPU:0"]  # TF's default placement
-
-
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if hasattr(layer, "layers"):
-            layers += _all_layers(layer)
-    return layers
 
 
 def _git_commit() -> str | None:

@@ -15,6 +15,7 @@ import numpy as np
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import ModelConfig
 from braintumor.core.errors import UserError, describe
+from braintumor.models.facts import fine_tune_after
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ImageNet channel means, subtracted after the RGB → BGR flip
 
@@ -120,12 +121,8 @@ def _freeze(backbone: keras.Model, cfg: ModelConfig) -> None:
     elif cfg.mode == "feature-extraction":
         backbone.trainable = False
     else:
-        boundary = cfg.fine_tune_after or BACKBONES[cfg.backbone].fine_tune_after
         names = [layer.name for layer in backbone.layers]
-        if boundary not in names:
-            raise UserError(f"model.fine_tune_after = {boundary!r} is not a layer of {cfg.backbone}; "
-                            f"use a layer name such as {names[len(names) // 2]!r}")
-        first_trainable = names.index(boundary) + 1
+        first_trainable = names.index(fine_tune_after(cfg, backbone)) + 1
         for index, layer in enumerate(backbone.layers):
             layer.trainable = index >= first_trainable
 
@@ -163,17 +160,6 @@ def build_model(cfg: ModelConfig, image_size: int, num_classes: int, channels: i
     return keras.Model(inputs, head(x), name=f"{cfg.backbone}_{cfg.mode.replace('-', '_')}")
 
 
-def _float32_config(config):
-    """A model config with every dtype policy set to float32."""
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy":
-            return {**config, "config": {**config["config"], "name": "float32"}}
-        return {key: _float32_config(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_float32_config(value) for value in config]
-    return config
-
-
 def computing_layers(layer: keras.layers.Layer):
     """The layers that compute, found recursively inside nested models (models and inputs take the
     global dtype policy, but compute nothing themselves)."""
@@ -188,6 +174,15 @@ def float32_model(model: keras.Model) -> keras.Model:
     whose gradients would be too coarse in bfloat16, and for export: onnxruntime has no bfloat16 convolution)."""
     if all(layer.dtype_policy.name == "float32" for layer in computing_layers(model)):
         return model
-    copy = model.__class__.from_config(_float32_config(model.get_config()))
+
+    def float32_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, keras.Sequential):  # its Input took the dtype of its first input: bfloat16 in the head
+            inputs = keras.Input(layer.inputs[0].shape[1:], dtype="float32")
+            return keras.Sequential([inputs, *map(float32_layer, layer.layers)], name=layer.name)
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=float32_layer)
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=float32_layer)
     copy.set_weights(model.get_weights())
     return copy

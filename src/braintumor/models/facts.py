@@ -1,0 +1,53 @@
+"""What a built model says about itself: its backbone, the layer Grad-CAM explains, the fine-tune boundary.
+
+Read off the model's own layers, as timm's `pretrained_cfg` travels with a model, so every shape a
+config can build (a simple_cnn of any depth and convs_per_block) and every reloaded model.keras
+answers for itself; no registry string can name a layer the model does not have. Training, the
+prefix cache and Grad-CAM all ask here.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from braintumor.core.backbones import BACKBONES
+from braintumor.core.config import ModelConfig
+from braintumor.core.errors import UserError
+
+# Spatial pooling ends a block: its output is a downsampled copy of the block's feature maps, not new features.
+POOLING_LAYERS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The backbone sub-model of a model from `build_model` (the first nested model; the head is the last)."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def _is_feature_map(layer: keras.layers.Layer) -> bool:
+    return len(layer.output.shape) == 4 and not isinstance(layer, (*POOLING_LAYERS, keras.layers.InputLayer))
+
+
+def gradcam_layer(backbone: keras.Model) -> str:
+    """The last layer of the backbone with spatial, not pooled, output: the last convolutional block's feature
+    maps, whose weighting by the class gradient is the Grad-CAM map (VGG16 block5_conv3, ResNet50
+    conv5_block3_out, InceptionV3 mixed10, simple_cnn its last block's last ReLU)."""
+    return next(layer.name for layer in reversed(backbone.layers) if _is_feature_map(layer))
+
+
+def fine_tune_after(cfg: ModelConfig, backbone: keras.Model) -> str:
+    """The last frozen layer in fine-tune mode: `model.fine_tune_after` when set, else the backbone's recipe (the
+    registry's choice for keras.applications backbones), else the pooling layer before the last block, so the
+    last block trains, as VGG16's block5 does."""
+    names = [layer.name for layer in backbone.layers]
+    chosen = cfg.fine_tune_after or BACKBONES[cfg.backbone].fine_tune_after
+    if chosen is None:
+        last_block = names.index(gradcam_layer(backbone))
+        pools = [layer.name for layer in backbone.layers[:last_block] if isinstance(layer, POOLING_LAYERS)]
+        if not pools:
+            raise UserError(f"{cfg.backbone} with model.depth {cfg.depth} has a single block, so fine-tune mode has "
+                            "nothing to freeze; use model.depth 2 or more, or model.mode full")
+        chosen = pools[-1]
+    if chosen not in names:
+        raise UserError(f"model.fine_tune_after = {chosen!r} is not a layer of {cfg.backbone}; "
+                        f"use a layer name such as {names[len(names) // 2]!r}")
+    return chosen
