@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a completed run folder made by braintumor train")
     p.add_argument("--format", required=True, choices=("onnx", "savedmodel", "tflite"),
                    help="onnx (needs the [export] extra), savedmodel (TensorFlow Serving) or tflite")
-    p.add_argument("--out", metavar="PATH", help="the file (folder for savedmodel) to write "
-                   "(default: RUN_DIR/export/<format>/...)")
+    p.add_argument("--out", metavar="DIR", help="the export lands in DIR/<format>/: model, model_card.json, "
+                   "decode.py (default DIR: RUN_DIR/export)")
     p.set_defaults(func=_export)
 
     p = add_command("serve", help="web demo of a run: upload a scan, see probabilities and Grad-CAM")
