@@ -120,6 +120,8 @@ def test_brain_crop_fills_the_frame_and_standardize_normalises_the_brain(tmp_pat
     standardized = decode_image(path, 64, ["brain_crop", "standardize"]).astype(float)
     inside = brain_mask(cropped.mean(axis=2))
     assert abs(standardized[inside].mean() - 127.5) < 6 and abs(standardized[inside].std() - 42.5) < 6
+    with pytest.raises(ValueError, match="unknown preprocessing step.*brain-crop"):  # a typo is not skipped silently
+        decode_image(path, 64, ["brain-crop"])
 
 
 def _scipy_brain_mask(gray):

@@ -207,6 +207,8 @@ def test_the_onnx_export_folder_alone_reproduces_braintumor_predict_on_real_imag
     stubs = _only_onnxruntime_numpy_pillow(tmp_path / "stubs")
     wrapper = tmp_path / "isolated.py"
     wrapper.write_text(ISOLATED)
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("not an image")
     for run in (preprocessed, run_and_images[0]):
         out = tmp_path / run.name
         assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(out)]) == 0
@@ -222,8 +224,9 @@ def test_the_onnx_export_folder_alone_reproduces_braintumor_predict_on_real_imag
         assert main(["predict", "--run", str(run), "--json", *files]) == 0
         expected = json.loads(capsys.readouterr().out)
         alone = subprocess.run([sys.executable, "-I", "-S", str(wrapper), str(stubs), str(folder / "predict.py"),
-                                *files], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                                *files, str(not_an_image)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert alone.returncode == 0, alone.stderr
+        assert f"skipped {not_an_image}: UnidentifiedImageError" in alone.stderr  # as braintumor predict skips it
         got = json.loads(alone.stdout)
         assert [g["file"] for g in got] == files and [g["predicted"] for g in got] == [e["predicted"] for e in expected]
         difference = max(abs(g["probabilities"][c] - e["probabilities"][c])

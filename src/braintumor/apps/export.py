@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import json
 import warnings
 from collections.abc import Callable
@@ -31,7 +32,6 @@ from PIL import __version__ as pillow_version
 from tqdm import tqdm
 
 from braintumor import __version__
-from braintumor.apps import export_predict
 from braintumor.core import rundir
 from braintumor.core.atomic import remove_dead_partials, write_bytes, write_json
 from braintumor.core.backbones import BACKBONES
@@ -46,6 +46,7 @@ EXPORT_DIR = "export"  # RUN_DIR/export/<format>/ is an export's default folder
 CARD = "model_card.json"
 DECODER = "decode.py"  # a verbatim copy of data/pixels.py
 PREDICT_SCRIPT = "predict.py"  # a verbatim copy of apps/export_predict.py, in ONNX exports
+PREDICT_SOURCE = "braintumor.apps.export_predict"  # found, not imported: it imports onnxruntime
 INTENDED_USE = ("research and teaching tool for brain-MRI tumour classification; not a medical device: "
                 "not validated for clinical use and not to be used for diagnosis or treatment decisions")
 
@@ -279,8 +280,12 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
             write_bytes(work / DECODER, Path(pixels.__file__).read_bytes())
             if fmt == "onnx":  # metadata before the check, so that the check runs the very file shipped
                 _onnx_metadata(work / FORMATS[fmt].file, cfg, classes)
-                write_bytes(work / PREDICT_SCRIPT, Path(export_predict.__file__).read_bytes())
-            runner, batch_size, interface = RUNTIMES[fmt](work / FORMATS[fmt].file)
+                write_bytes(work / PREDICT_SCRIPT, Path(importlib.util.find_spec(PREDICT_SOURCE).origin).read_bytes())
+            try:
+                runner, batch_size, interface = RUNTIMES[fmt](work / FORMATS[fmt].file)
+            except Exception as err:  # a runtime that cannot load the converted model raises its own types
+                raise UserError(f"the {fmt} conversion gave a model its runtime cannot load ({describe(err)}); "
+                                "try another --format, or run with --debug and report the error") from err
             check = _check(runner, batch_size, fmt, model, cfg, classes)
             write_json(work / CARD, model_card(run_dir, cfg, classes, fmt, model, interface, check))
     except OSError as err:

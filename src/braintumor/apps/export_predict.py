@@ -42,7 +42,11 @@ def main(files: list[str]) -> int:
     image_name, probs_name = card["input"]["tensor"]["name"], card["output"]["tensor"]["name"]
     results = []
     for file in files:
-        image = decode.decode_image(file, size, steps)[None].astype(np.float32)
+        try:
+            image = decode.decode_image(file, size, steps)[None].astype(np.float32)
+        except decode.UNREADABLE as err:  # as braintumor predict: say why, go on
+            print(f"skipped {file}: {type(err).__name__}: {err}", file=sys.stderr)
+            continue
         (probs,) = session.run([probs_name], {image_name: image})[0]
         results.append({"file": file, "predicted": classes[int(probs.argmax())],
                         "probabilities": {name: float(p) for name, p in zip(classes, probs, strict=True)}})

@@ -10,7 +10,7 @@ It needs only numpy and Pillow; keep it that way (tests/test_export.py runs the 
     image = decode_image("scan.jpg", size=224, preprocess=["brain_crop", "standardize"])
     batch = image[None].astype("float32")  # (1, size, size, 3), what the model takes
 
-`size` and `preprocess` are the export's model_card.json `input.image_size` and `preprocessing.steps`.
+`size` and `preprocess` are the export's model_card.json `input.image_size` and `input.preprocessing`.
 """
 
 from __future__ import annotations
@@ -176,8 +176,8 @@ def describe_decoding(size: int, preprocess: list[str]) -> list[str]:
                      "if none), holes filled; cut its bounding box plus a margin of int(0.03 x the longer side) "
                      "pixels, clipped to the image, and centre it on a black square of the longer side")
     steps.append(f"resize to {size} x {size} with Pillow's Image.resize(({size}, {size}), Image.BILINEAR), "
-                 "which averages over the source pixels when shrinking (a resize without that filter moves "
-                 "probabilities by up to 0.08)")
+                 "which averages over the source pixels when shrinking (another filter, such as Pillow's "
+                 "default BICUBIC, or skipping the draft step, gives other pixels and other probabilities)")
     if "standardize" in preprocess:
         steps.append("standardize: brain mask of the resized image as in brain_crop; with mean m and standard "
                      "deviation s of the per-pixel R, G, B mean inside the mask, each channel value v becomes "
