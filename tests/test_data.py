@@ -6,13 +6,15 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import REAL_DATA, needs_real_data
 from PIL import Image
+from scipy import ndimage
 
 from braintumor.core.config import parse_config
 from braintumor.core.errors import UserError
 from braintumor.data import decode as data_module
 from braintumor.data.dataset import load_dataset
-from braintumor.data.decode import brain_mask, decode_image
+from braintumor.data.pixels import brain_mask, decode_image
 from braintumor.data.synth import make_image
 
 
@@ -118,3 +120,37 @@ def test_brain_crop_fills_the_frame_and_standardize_normalises_the_brain(tmp_pat
     standardized = decode_image(path, 64, ["brain_crop", "standardize"]).astype(float)
     inside = brain_mask(cropped.mean(axis=2))
     assert abs(standardized[inside].mean() - 127.5) < 6 and abs(standardized[inside].std() - 42.5) < 6
+    with pytest.raises(ValueError, match="unknown preprocessing step.*brain-crop"):  # a typo is not skipped silently
+        decode_image(path, 64, ["brain-crop"])
+
+
+def _scipy_brain_mask(gray):
+    """brain_mask as it was written with scipy.ndimage, the reference for the numpy-only version."""
+    labelled, count = ndimage.label(gray > max(10.0, 0.1 * float(np.percentile(gray, 99))))
+    if count == 0:
+        return np.ones_like(gray, dtype=bool)
+    return ndimage.binary_fill_holes(labelled == 1 + int(np.argmax(np.bincount(labelled.ravel())[1:])))
+
+
+def test_brain_mask_equals_scipy_ndimage_on_random_shapes():
+    """Ties, holes, regions touching the border, nested rings: 4-connectivity and raster-order ties as scipy."""
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        shape = tuple(rng.integers(1, 40, size=2))
+        gray = np.where(rng.random(shape) < rng.uniform(0.2, 0.8), 200.0, 0.0)
+        assert np.array_equal(brain_mask(gray), _scipy_brain_mask(gray)), trial
+    rings = np.zeros((21, 21))
+    for width in (10, 6, 2):
+        rings[10 - width:11 + width, 10 - width:11 + width] = 200.0 * (width // 2 % 2 == 1)
+    assert np.array_equal(brain_mask(rings), _scipy_brain_mask(rings))
+    assert brain_mask(np.zeros((5, 7))).all()
+
+
+@needs_real_data
+def test_brain_mask_on_real_scans_equals_the_scipy_version():
+    files = [f for name in ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
+             for f in sorted((REAL_DATA / "Testing" / name).iterdir())[:3]]
+    for file in files:
+        with Image.open(file) as image:
+            gray = np.asarray(image.convert("RGB")).mean(axis=2)
+        assert np.array_equal(brain_mask(gray), _scipy_brain_mask(gray)), file

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -25,6 +26,32 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _partial_prefix(dest: Path) -> str:
+    return f".{dest.name}.partial-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_partials(dest: Path) -> None:
+    """Remove the temp siblings of `dest` whose process died without cleaning up (SIGKILL, power cut).
+
+    A temp sibling names its process; one of a process still alive on this host is left alone.
+    """
+    prefix = _partial_prefix(Path(dest))
+    for tmp in Path(dest).parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(tmp)
+
+
 @contextlib.contextmanager
 def atomic_output(dest: Path, folder: bool = False) -> Iterator[Path]:
     """Yield a temp path next to `dest`; on success it is renamed to `dest`, on any failure removed.
@@ -34,7 +61,7 @@ def atomic_output(dest: Path, folder: bool = False) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = dest.with_name(f"{_partial_prefix(dest)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     if folder:
         tmp.mkdir()
     try:

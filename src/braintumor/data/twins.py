@@ -22,7 +22,8 @@ from tqdm import tqdm
 from braintumor.core.atomic import atomic_output
 from braintumor.core.errors import describe
 from braintumor.core.logs import get_logger
-from braintumor.data.decode import UNREADABLE, open_image, to_8bit, warn_cache_unwritable
+from braintumor.data.decode import warn_cache_unwritable
+from braintumor.data.pixels import UNREADABLE, open_image, to_8bit
 
 log = get_logger(__name__)
 

@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_dir(parser)
     parser.add_argument("--format", required=True, choices=("onnx", "savedmodel", "tflite"),
                         help="onnx (needs the [export] extra), savedmodel (TensorFlow Serving) or tflite")
-    parser.add_argument("--out", metavar="PATH", help="the file (folder for savedmodel) to write "
-                        "(default: RUN_DIR/export/<format>/...)")
+    parser.add_argument("--out", metavar="DIR", help="the export lands in DIR/<format>/: model, model_card.json, "
+                        "decode.py (default DIR: RUN_DIR/export)")
 
 
 def run(args: argparse.Namespace) -> None:
