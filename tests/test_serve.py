@@ -119,7 +119,7 @@ def test_a_non_image_is_an_api_error_and_no_reply_names_a_server_path(client, se
                                                                        tmp_path, capsys):
     text_file = tmp_path / "notes.jpg"
     text_file.write_text("this is a text file, not a scan\n")
-    with pytest.raises(gradio_client.exceptions.AppError, match="not an image that can be read") as error:
+    with pytest.raises(gradio_client.exceptions.AppError, match="Cannot use this file: this is not an image that can be read") as error:
         client.predict(gradio_client.handle_file(str(text_file)), api_name="/classify")
     assert "/" not in str(error.value)  # neither the upload folder nor any other server path
 

@@ -110,7 +110,7 @@ def build_demo(run_dir: Path, examples: list[Path]):
             image = read_upload(run, Path(scan))
         except UploadProblem as problem:
             log.info("rejected upload %s: %s", Path(scan).name, problem)
-            raise gr.Error(f"{problem}.", title="Cannot use this file", print_exception=False) from None
+            raise gr.Error(f"Cannot use this file: {problem}.", print_exception=False) from None
         probs = predict_batch(run.model, image[None])[0]
         heatmap, _ = cam(image[None], np.array([probs.argmax()]))
         top = int(probs.argmax())
