@@ -119,7 +119,8 @@ def test_a_non_image_is_an_api_error_and_no_reply_names_a_server_path(client, se
                                                                        tmp_path, capsys):
     text_file = tmp_path / "notes.jpg"
     text_file.write_text("this is a text file, not a scan\n")
-    with pytest.raises(gradio_client.exceptions.AppError, match="Cannot use this file: this is not an image that can be read") as error:
+    with pytest.raises(gradio_client.exceptions.AppError,
+                       match="Cannot use this file: this is not an image that can be read") as error:
         client.predict(gradio_client.handle_file(str(text_file)), api_name="/classify")
     assert "/" not in str(error.value)  # neither the upload folder nor any other server path
 
@@ -153,7 +154,8 @@ def test_50_users_sending_the_same_scan_at_once_all_get_the_answer(server, train
 @pytest.mark.parametrize("option,value,cause", [
     ("--port", "70000", "--port 70000 is not a TCP port; choose one from 1024 to 65535"),
     ("--port", "-1", "--port -1 is not a TCP port"),
-    ("--host", "256.1.1.1", "--host 256.1.1.1 is neither an address of this machine nor a name it can resolve"),
+    ("--host", "256.1.1.1", "--host 256.1.1.1 is neither an address of this machine nor a name it can resolve "
+                            "(Name or service not known); use 127.0.0.1"),
     ("--host", "no-such-host.invalid", "--host no-such-host.invalid is neither an address of this machine"),
     ("--host", "192.0.2.1", "--host 192.0.2.1 is not an address of this machine; use 127.0.0.1"),
 ])

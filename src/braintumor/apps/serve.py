@@ -147,8 +147,9 @@ def check_address(host: str, port: int) -> None:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
     except (socket.gaierror, UnicodeError) as err:
+        cause = getattr(err, "strerror", None) or describe(err)  # gaierror's text without "[Errno -2]"
         raise UserError(f"--host {host[:100]} is neither an address of this machine nor a name it can resolve "
-                        f"({describe(err)}); use 127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from err
+                        f"({cause}); use 127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from err
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a just-closed port is free
         try:
@@ -157,7 +158,7 @@ def check_address(host: str, port: int) -> None:
             if err.errno == errno.EADDRINUSE:
                 problem = f"port {port} is in use (another program, or a demo still running); choose another --port"
             elif err.errno == errno.EADDRNOTAVAIL:
-                problem = (f"--host {host} is not an address of this machine; use 127.0.0.1 (this machine only) "
+                problem = (f"--host {host[:100]} is not an address of this machine; use 127.0.0.1 (this machine only) "
                            "or 0.0.0.0 (every network)")
             elif err.errno == errno.EACCES:
                 problem = f"port {port} needs administrator rights; choose a --port from 1024 to 65535"
