@@ -23,8 +23,8 @@ from conftest import REAL_DATA, needs_real_data
 
 from braintumor.apps import export
 from braintumor.cli import main
-from braintumor.data.pixels import decode_image
 from braintumor.core.run import Run
+from braintumor.data.pixels import decode_image
 from braintumor.models.saved import load_run_model
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]

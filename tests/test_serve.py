@@ -1,6 +1,14 @@
-"""The web demo's upload checks and examples, without a browser (tests/test_serve_browser.py drives the page)."""
+"""The web demo without a browser: upload checks, examples, its address, and the running server through
+gradio_client, the client API users call (tests/test_serve_browser.py drives the page)."""
 
 from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -8,7 +16,10 @@ from PIL import Image
 
 from braintumor.apps.predict import load_run
 from braintumor.apps.serve import MAX_PIXELS, MAX_UPLOAD_BYTES, UploadProblem, example_files, read_upload
+from braintumor.cli import main
 from braintumor.core.run import Run
+
+gradio_client = pytest.importorskip("gradio_client", reason="needs gradio (pip install 'braintumor[demo]')")
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +49,129 @@ def test_bad_uploads_get_a_message(run, synth_root, tmp_path, problem, message):
         Image.new("1", (MAX_PIXELS // 4000 + 1, 4000)).save(path)  # tiny file, huge image
     else:
         path.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1))
-    with pytest.raises(UploadProblem, match=message):
+    with pytest.raises(UploadProblem, match=message) as error:
         read_upload(run, path)
+    assert str(tmp_path) not in str(error.value)  # the page shows it: no server folder in it
 
 
 def test_examples_are_the_runs_testing_images_a_few_per_class(trained_run, synth_root):
     examples = example_files(Run(trained_run))
     assert len(examples) == 8
     assert {p.parent.name for p in examples} == {p.name for p in (synth_root / "Testing").iterdir()}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    """One in-process demo server on localhost for this module's client tests."""
+    from braintumor.apps.serve import start
+
+    demo = start(Run(trained_run), "127.0.0.1", _free_port())
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(server, verbose=False)
+
+
+def _fetch(server: str, path) -> tuple[int, bytes]:
+    """Gradio's file route, as any browser on the network may call it."""
+    try:
+        with urllib.request.urlopen(f"{server}gradio_api/file={urllib.parse.quote(str(path))}", timeout=30) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+
+
+def _predicted_label(run, image, capsys) -> str:
+    assert main(["predict", "--run", str(run), str(image), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)[0]["predicted"]
+
+
+def test_the_server_serves_its_examples_and_no_other_file_beside_them(server, trained_run):
+    example = example_files(Run(trained_run))[0]
+    notes = example.parent / "notes.txt"
+    other = next(p for p in sorted(example.parent.iterdir()) if p not in example_files(Run(trained_run)))
+    notes.write_text("a note someone left beside the scans\n")
+    try:
+        assert _fetch(server, example) == (200, example.read_bytes())
+        assert _fetch(server, notes)[0] == 403
+        assert _fetch(server, other)[0] == 403
+        assert _fetch(server, trained_run / "config.yaml")[0] == 403
+    finally:
+        notes.unlink()
+
+
+def test_the_api_endpoint_and_its_outputs_have_names(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(endpoints) == ["/classify"]
+    assert [p["parameter_name"] for p in endpoints["/classify"]["parameters"]] == ["scan"]
+    assert [r["label"] for r in endpoints["/classify"]["returns"]] == ["probabilities", "gradcam", "summary"]
+
+
+def test_a_non_image_is_an_api_error_and_no_reply_names_a_server_path(client, server, trained_run, synth_root,
+                                                                       tmp_path, capsys):
+    text_file = tmp_path / "notes.jpg"
+    text_file.write_text("this is a text file, not a scan\n")
+    with pytest.raises(gradio_client.exceptions.AppError,
+                       match="Cannot use this file: this is not an image that can be read") as error:
+        client.predict(gradio_client.handle_file(str(text_file)), api_name="/classify")
+    assert "/" not in str(error.value)  # neither the upload folder nor any other server path
+
+    scan = synth_root / "Testing" / "meningioma_tumor" / "synth_0003.jpg"
+    probabilities, gradcam, summary = client.predict(gradio_client.handle_file(str(scan)), api_name="/classify")
+    assert probabilities["label"] == _predicted_label(trained_run, scan, capsys)
+    assert f"Predicted **{probabilities['label']}**" in summary and "/" not in summary
+    assert Image.open(gradcam).size == (320, 320)
+    with urllib.request.urlopen(server, timeout=30) as page, urllib.request.urlopen(f"{server}config") as config:
+        shown = page.read().decode() + config.read().decode()
+    assert str(synth_root) not in shown and str(trained_run) not in shown
+
+
+@pytest.mark.slow
+def test_50_users_sending_the_same_scan_at_once_all_get_the_answer(server, trained_run, capsys):
+    """Gradio rewrote the content-named output picture for each identical answer while others downloaded it:
+    2 or 3 of 50 users got a truncated reply (RemoteProtocolError)."""
+    scan = example_files(Run(trained_run))[0]
+    expected = _predicted_label(trained_run, scan, capsys)
+    users = [gradio_client.Client(server, verbose=False) for _ in range(50)]  # each with its own connection
+
+    def ask(user):
+        return user.submit(gradio_client.handle_file(str(scan)), api_name="/classify").result(timeout=120)
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        answers = list(pool.map(ask, users, timeout=180))
+    assert [probabilities["label"] for probabilities, _, _ in answers] == [expected] * 50
+    assert all(Image.open(gradcam).size == (320, 320) for _, gradcam, _ in answers)
+
+
+@pytest.mark.parametrize("option,value,cause", [
+    ("--port", "70000", "--port 70000 is not a TCP port; choose one from 1024 to 65535"),
+    ("--port", "-1", "--port -1 is not a TCP port"),
+    ("--host", "256.1.1.1", "--host 256.1.1.1 is neither an address of this machine nor a name it can resolve "
+                            "(Name or service not known); use 127.0.0.1"),
+    ("--host", "no-such-host.invalid", "--host no-such-host.invalid is neither an address of this machine"),
+    ("--host", "192.0.2.1", "--host 192.0.2.1 is not an address of this machine; use 127.0.0.1"),
+])
+def test_a_bad_address_is_one_line_naming_it_before_the_run_is_read(tmp_path, capsys, option, value, cause):
+    # the run folder does not exist: the address is checked first, before any model loads
+    assert main(["serve", "--run", str(tmp_path / "no-run"), option, value]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {cause}") and error.count("\n") == 1
+
+
+def test_a_port_in_use_is_one_line_saying_so(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(tmp_path / "no-run"), "--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: port {port} is in use (another program, or a demo still running); choose another --port\n"

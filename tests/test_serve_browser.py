@@ -102,6 +102,12 @@ def _status(driver, contains: str) -> str:
     return driver.find_element(By.ID, "status").text
 
 
+def _error_toast(driver, contains: str) -> str:
+    WebDriverWait(driver, 60).until(
+        lambda d: any(contains in toast.text for toast in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]")))
+    return " ".join(toast.text for toast in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]"))
+
+
 def _predict_json(run: Path, image: Path) -> dict:
     done = subprocess.run([sys.executable, "-m", "braintumor.cli", "predict", "--run", str(run), str(image), "--json"],
                           capture_output=True, text=True, env=ENV, check=True)
@@ -109,6 +115,9 @@ def _predict_json(run: Path, image: Path) -> dict:
 
 
 def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, synth_root, served, browser, tmp_path):
+    from braintumor.core.run import Run
+from braintumor.apps.serve import example_files
+
     scan = synth_root / "Testing" / "pituitary_tumor" / "synth_0002.jpg"
     expected = _predict_json(demo_run, scan)
     browser.get(served)
@@ -127,9 +136,15 @@ def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, syn
     text_file = tmp_path / "notes.jpg"
     text_file.write_text("this is a text file, not a scan\n")
     _upload(browser, text_file)
-    assert "not an image that can be read" in _status(browser, "Cannot use this file")
+    toast = _error_toast(browser, "not an image that can be read")
+    assert "Cannot use this file" in toast and str(tmp_path) not in toast
 
     _clear(browser)
     other = synth_root / "Testing" / "glioma_tumor" / "synth_0001.jpg"
     _upload(browser, other)
     assert f"Predicted {_predict_json(demo_run, other)['predicted']}" in _status(browser, "Predicted")
+
+    _clear(browser)  # an example is served although its folder is not (tests/test_serve.py)
+    example = example_files(Run(demo_run))[-1]
+    browser.find_element(By.XPATH, f"//*[normalize-space(text())='{example.parent.name}/{example.name}']").click()
+    assert f"Predicted {_predict_json(demo_run, example)['predicted']}" in _status(browser, "Predicted")

@@ -37,12 +37,12 @@ from braintumor.core.atomic import remove_dead_partials, write_bytes, write_json
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import Config
 from braintumor.core.errors import UserError, describe
+from braintumor.core.run import Run
 from braintumor.data import pixels
 from braintumor.data.dataset import load_split
-from braintumor.core.run import Run
 from braintumor.engine.evaluate import PREDICT_BATCH, predict
-from braintumor.models.saved import load_run_model
 from braintumor.models.build import computing_layers, float32_model
+from braintumor.models.saved import load_run_model
 
 EXPORT_DIR = "export"  # RUN_DIR/export/<format>/ is an export's default folder
 CARD = "model_card.json"

@@ -3,13 +3,19 @@
 Upload a scan: the page shows the class probabilities, the Grad-CAM overlay for the predicted class,
 and that this is a research tool, not a diagnosis. The upload goes through the same decoding and
 model as `braintumor predict`, so the page and the command agree. A file that is not an image, is
-truncated, or is too large gets a message in the page; the server keeps serving.
+truncated, or is too large is an error (a message in the page, an error for API clients); the server
+keeps serving. The server serves its example files and nothing else from the disk, and no message
+names a server path.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import importlib.util
+import io
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,7 @@ from PIL import Image
 
 from braintumor.apps.gradcam import GradCam, overlay
 from braintumor.apps.predict import RunModel, load_run, predict_batch
+from braintumor.core.atomic import write_bytes
 from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
 from braintumor.core.run import Run
@@ -29,6 +36,8 @@ MAX_PIXELS = 40_000_000  # width × height, checked from the header before decod
 EXAMPLES_PER_CLASS = 2
 DISPLAY_SIZE = 320  # the overlay is shown at this size, whatever the model's input size
 DISCLAIMER = "Research tool, not a diagnosis: do not use it for clinical decisions."
+PROMPT = "Upload a scan (JPEG, PNG or BMP) or pick an example."
+API_NAME = "classify"  # the endpoint API clients call: gradio_client's predict(file, api_name="/classify")
 
 
 class UploadProblem(Exception):
@@ -44,15 +53,20 @@ def read_upload(run: RunModel, path: Path) -> np.ndarray:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size
     except Exception as err:  # noqa: BLE001  (PIL raises many types for non-images)
-        raise UploadProblem(f"this is not an image that can be read ({describe(err)}); "
+        raise UploadProblem(f"this is not an image that can be read ({_without_folder(err, path)}); "
                             "upload a JPEG, PNG or BMP scan") from err
     if width * height > MAX_PIXELS:
         raise UploadProblem(f"the image is {width} × {height} pixels; the limit is {MAX_PIXELS // 10**6} megapixels")
     try:
         return run.decode(path)
     except Exception as err:  # noqa: BLE001  (truncated or corrupt image data)
-        raise UploadProblem(f"the image data cannot be decoded ({describe(err)}); the file may be truncated "
-                            "or damaged") from err
+        raise UploadProblem(f"the image data cannot be decoded ({_without_folder(err, path)}); the file may be "
+                            "truncated or damaged") from err
+
+
+def _without_folder(err: Exception, path: Path) -> str:
+    """The error's first line with the upload's server folder cut out (PIL names the file it read)."""
+    return describe(err).replace(str(path.parent) + os.sep, "")
 
 
 def example_files(run: Run) -> list[Path]:
@@ -65,6 +79,23 @@ def example_files(run: Run) -> list[Path]:
     return [path for name in run.classes() if name in present for path in walk(test_dir / name)[0][:EXAMPLES_PER_CLASS]]
 
 
+def cache_png(image: np.ndarray, cache_dir: Path) -> Path:
+    """`image` as a PNG under `cache_dir`, named by its content and written once, atomically.
+
+    Gradio would save a returned array itself, but it rewrites the same content-named file in place for
+    every identical output, so a user downloading it while another user's identical request rewrites it
+    gets a truncated response ("Too little data for declared Content-Length"). A file that exists is
+    complete and never touched again; the rename makes two writers of the same content harmless.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    path = cache_dir / hashlib.sha256(data).hexdigest() / "gradcam.png"
+    if not path.exists():
+        write_bytes(path, data)
+    return path
+
+
 def build_demo(source: Run, examples: list[Path]):
     """The Gradio Blocks app for the run `source`, with `examples` (image files) to pick from."""
     import gradio as gr
@@ -72,19 +103,20 @@ def build_demo(source: Run, examples: list[Path]):
     run = load_run(source)
     cam = GradCam(run.model)
 
-    def classify(upload: str | None):
-        if not upload:
-            return None, None, "Upload a scan (JPEG, PNG or BMP) or pick an example."
+    def classify(scan: str | None):
+        if not scan:
+            return None, None, PROMPT
         try:
-            image = read_upload(run, Path(upload))
+            image = read_upload(run, Path(scan))
         except UploadProblem as problem:
-            log.info("rejected upload %s: %s", Path(upload).name, problem)
-            return None, None, f"**Cannot use this file:** {problem}."
+            log.info("rejected upload %s: %s", Path(scan).name, problem)
+            raise gr.Error(f"Cannot use this file: {problem}.", print_exception=False) from None
         probs = predict_batch(run.model, image[None])[0]
         heatmap, _ = cam(image[None], np.array([probs.argmax()]))
         top = int(probs.argmax())
         shown = Image.fromarray(overlay(image, heatmap[0])).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.BILINEAR)
-        return ({name: float(p) for name, p in zip(run.classes, probs, strict=True)}, np.asarray(shown),
+        return ({name: float(p) for name, p in zip(run.classes, probs, strict=True)},
+                str(cache_png(np.asarray(shown), Path(heat.GRADIO_CACHE))),
                 f"Predicted **{run.classes[top]}** ({probs[top]:.1%}). {DISCLAIMER}")
 
     with gr.Blocks(title="braintumor demo", analytics_enabled=False) as demo:
@@ -98,25 +130,63 @@ def build_demo(source: Run, examples: list[Path]):
                     gr.Examples([[str(path)] for path in examples], inputs=[upload], label="Testing images of this run",
                                 example_labels=[f"{path.parent.name}/{path.name}" for path in examples])
             with gr.Column():
-                status = gr.Markdown("Upload a scan (JPEG, PNG or BMP) or pick an example.", elem_id="status")
-                label = gr.Label(label="class probabilities", num_top_classes=len(run.classes), elem_id="probabilities")
-                heat = gr.Image(label="Grad-CAM (predicted class)", type="numpy", elem_id="gradcam",
-                                interactive=False)
-        upload.change(classify, inputs=[upload], outputs=[label, heat, status])
+                # the labels name the endpoint's outputs for API clients (view_api)
+                status = gr.Markdown(PROMPT, label="summary", elem_id="status")
+                label = gr.Label(label="probabilities", num_top_classes=len(run.classes), elem_id="probabilities")
+                heat = gr.Image(label="gradcam", type="filepath", elem_id="gradcam", interactive=False)
+        upload.change(classify, inputs=[upload], outputs=[label, heat, status], api_name=API_NAME)
+    return demo
+
+
+def check_address(host: str, port: int) -> None:
+    """UserError unless this process can listen on host:port now, so a bad --host or --port is reported
+    before the model loads, naming the real cause (Gradio checks the port on 127.0.0.1 only)."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a TCP port; choose one from 1024 to 65535 (default 7860)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        cause = getattr(err, "strerror", None) or describe(err)  # gaierror's text without "[Errno -2]"
+        raise UserError(f"--host {host[:100]} is neither an address of this machine nor a name it can resolve "
+                        f"({cause}); use 127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from err
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a just-closed port is free
+        try:
+            sock.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                problem = f"port {port} is in use (another program, or a demo still running); choose another --port"
+            elif err.errno == errno.EADDRNOTAVAIL:
+                problem = (f"--host {host[:100]} is not an address of this machine; use 127.0.0.1 (this machine only) "
+                           "or 0.0.0.0 (every network)")
+            elif err.errno == errno.EACCES:
+                problem = f"port {port} needs administrator rights; choose a --port from 1024 to 65535"
+            else:
+                problem = f"cannot listen on {host}:{port} ({describe(err)}); choose another --host or --port"
+            raise UserError(problem) from err
+
+
+def start(run: Run, host: str = "127.0.0.1", port: int = 7860):
+    """Check the address, load the run and start the demo in a background thread; return it (`.close()` stops it)."""
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError("serve needs gradio, which is not installed; install the extra: pip install 'braintumor[demo]'")
+    check_address(host, port)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a medical demo
+    examples = example_files(run)
+    demo = build_demo(run, examples)
+    try:
+        # Gradio serves files below allowed_paths to anyone: exactly the examples, not their folders
+        demo.launch(server_name=host, server_port=port, allowed_paths=[str(path) for path in examples],
+                    max_file_size=MAX_UPLOAD_BYTES, ssr_mode=False, footer_links=[], quiet=True,
+                    prevent_thread_lock=True)
+    except OSError as err:  # the port was taken between check_address and now
+        raise UserError(f"cannot serve on {host}:{port} ({describe(err)}); choose another --port") from err
     return demo
 
 
 def serve(run: Run, host: str = "127.0.0.1", port: int = 7860) -> None:
     """`braintumor serve`: run the demo until interrupted."""
-    if importlib.util.find_spec("gradio") is None:
-        raise UserError("serve needs gradio, which is not installed; install the extra: pip install 'braintumor[demo]'")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a medical demo
-    examples = example_files(run)
-    demo = build_demo(run, examples)
-    allowed = sorted({str(path.parent) for path in examples})  # Gradio serves only files below allowed paths
-    print(f"serving {run.path} at http://{host}:{port} (Ctrl-C stops)", flush=True)
-    try:
-        demo.launch(server_name=host, server_port=port, allowed_paths=allowed, max_file_size=MAX_UPLOAD_BYTES,
-                    ssr_mode=False, footer_links=[], quiet=True)
-    except OSError as err:
-        raise UserError(f"cannot serve on {host}:{port} ({describe(err)}); choose another --port") from err
+    demo = start(run, host, port)
+    print(f"serving {run.path} at {demo.local_url} (Ctrl-C stops)", flush=True)
+    demo.block_thread()
