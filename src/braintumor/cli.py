@@ -16,6 +16,7 @@ from types import ModuleType
 from braintumor import __version__
 from braintumor.core.errors import UserError
 from braintumor.core.logs import native_stderr_filtered, setup_console
+from braintumor.results.metrics import METRICS
 
 DESCRIPTION = """\
 Train and compare brain MRI tumour classifiers (glioma, meningioma, pituitary, no tumour) with
@@ -253,9 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "test files against each other) with bootstrap intervals and McNemar tests; "
                                 "runs that differ only in seed are pooled into one configuration (mean ± std).")
     p.add_argument("outputs", metavar="OUTPUTS_DIR", help="folder holding run folders, e.g. outputs/ or a sweep folder")
-    p.add_argument("--metric", default="accuracy",
-                   help="rank runs by this metric (e.g. accuracy, macro_f1, balanced_accuracy, loss, "
-                        "leak_free: leak-free accuracy)")
+    p.add_argument("--metric", default="accuracy", metavar="NAME",
+                   help="rank runs by one of: " + "; ".join(metric.choice_help for metric in METRICS))
     p.add_argument("--out", metavar="DIR", help="output folder (default: OUTPUTS_DIR/comparison-<time>)")
     p.add_argument("--include-eval", action="store_true", help="also compare results under RUN_DIR/eval/")
     p.add_argument("--study", action="store_true",
