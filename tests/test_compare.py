@@ -374,7 +374,7 @@ def edit_json(path: Path, **changes) -> None:
 
 DAMAGES = {  # folder name: (how the copy is damaged, the problem compare names, the action it proposes)
     "bootstrap-bomb": (lambda run: edit_json(run / "metrics.json", ci95__resamples=10**9),
-                       "1000000000 bootstrap resamples asked for; use 1 to 10000", "train its config again"),
+                       "1000000000 bootstrap resamples asked for, outside 1 to 10000", "train its config again"),
     "metrics-not-utf8": (lambda run: (run / "metrics.json").write_bytes(b"\xff\xfe{"), "metrics.json is corrupt",
                          "train its config again"),
     "metrics-edited": (lambda run: edit_json(run / "metrics.json", accuracy=0.5), "disagrees with the predictions.csv",

@@ -151,6 +151,6 @@ def test_mcnemar_needs_paired_results():
 @pytest.mark.parametrize("resamples", [0, 10**9])
 def test_bootstrap_resamples_are_bounded_before_any_work(resamples):
     y_true, probs = predictions(394)
-    with pytest.raises(ValueError, match=f"^{resamples} bootstrap resamples asked for; use 1 to 10000$"):
+    with pytest.raises(ValueError, match=f"^{resamples} bootstrap resamples asked for, outside 1 to 10000$"):
         compute_metrics(y_true, probs, CLASSES, n_bootstrap=resamples)
     assert compute_metrics(y_true, probs, CLASSES, n_bootstrap=10_000)["ci95"]["resamples"] == 10_000

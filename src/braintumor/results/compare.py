@@ -52,6 +52,7 @@ PER_CLASS_COLUMNS = ("backbone", "group", "label", "class", "precision", "recall
 MCNEMAR_COLUMNS = ("group", "best", "other", "n", "best_accuracy", "other_accuracy",
                    "only_best_correct", "only_other_correct", "p_value")
 NOT_COMPARED_COLUMNS = ("folder", "label", "state", "problem", "action")
+WRITE_AGAIN = "run the command that wrote it again (train or evaluate)"  # the fix of a damaged result file
 
 
 @dataclass
@@ -226,7 +227,7 @@ def _state(status_path: Path) -> str:
         return "no status.json"
     status = read_json(status_path)
     if not isinstance(status, dict):
-        raise UserError(f"{status_path} is not a JSON object; it is not as braintumor writes it")
+        raise UserError(f"{status_path} is not a JSON object; {WRITE_AGAIN}")
     return str(status.get("state", "unknown"))
 
 
@@ -247,18 +248,18 @@ def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Resu
         seed, resamples = int(ci["seed"]), int(ci["resamples"])
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{path}: not a braintumor metrics file (bad or missing {describe(err)}); "
-                        "it is not as braintumor writes it") from err
+                        f"{WRITE_AGAIN}") from err
     try:  # the resamples are bounded here, before any work
         metrics = compute_metrics(y_true, probs, classes, seed=seed, n_bootstrap=resamples)
     except ValueError as err:
-        raise UserError(f"{path}: {describe(err)}; it is not as braintumor writes it") from err
+        raise UserError(f"{path}: {describe(err)}; {WRITE_AGAIN}") from err
     try:
         agree = (stored["n"] == metrics["n"] and stored["classes"] == classes
                  and all(math.isclose(stored[key], metrics[key], rel_tol=1e-9, abs_tol=1e-12)
                          for key in ("accuracy", "loss")))
     except (KeyError, TypeError) as err:
         raise UserError(f"{path}: not a braintumor metrics file (bad or missing {describe(err)}); "
-                        "it is not as braintumor writes it") from err
+                        f"{WRITE_AGAIN}") from err
     if not agree:
         raise UserError(f"{path}: disagrees with the predictions.csv next to it; one of them was changed")
     correct = probs.argmax(axis=1) == y_true
@@ -266,7 +267,7 @@ def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Resu
         if isinstance(stored.get(part), dict):
             metrics[part] = stored[part]
     if not isinstance(METRIC["leak_free"].value(metrics), float | int | None):
-        raise UserError(f"{path}: leak_free.accuracy is not a number; it is not as braintumor writes it")
+        raise UserError(f"{path}: leak_free.accuracy is not a number; {WRITE_AGAIN}")
     if isinstance(stored.get("train_seconds"), (int, float)):  # training runs only, not evaluations
         metrics["train_seconds"] = float(stored["train_seconds"])
     return Result(label, backbone, relative, files, correct, metrics)

@@ -127,7 +127,7 @@ def compute_metrics(
 ) -> dict:
     """Every computed metric of one prediction set, ``y_true`` class indices (N,), ``probs`` (N, C), and its tables."""
     if not 1 <= n_bootstrap <= MAX_BOOTSTRAP_RESAMPLES:  # before any work: the resamples take N * n_bootstrap memory
-        raise ValueError(f"{n_bootstrap} bootstrap resamples asked for; use 1 to {MAX_BOOTSTRAP_RESAMPLES}")
+        raise ValueError(f"{n_bootstrap} bootstrap resamples asked for, outside 1 to {MAX_BOOTSTRAP_RESAMPLES}")
     prediction = Prediction(y_true, probs, len(classes))
     precision, recall, f1, support = prediction.per_class
     return {
