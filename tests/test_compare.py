@@ -4,6 +4,8 @@ import csv
 import json
 import logging
 import re
+import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,9 @@ from sklearn.metrics import (
 from braintumor.cli import main
 from braintumor.core.atomic import write_json
 from braintumor.core.errors import UserError
+from braintumor.results import compare as compare_module
 from braintumor.results.compare import compare_runs
+from braintumor.results.metrics import METRICS
 from braintumor.results.reports import write_evaluation
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
@@ -171,12 +175,16 @@ def test_runs_on_different_test_files_are_grouped_and_ranked_apart(study):
 def test_report_lists_unfinished_runs_and_has_all_sections(study, capsys):
     outputs, out = study
     assert sorted(path.name for path in out.iterdir()) == [
-        "comparison.md", "comparison.png", "configurations.csv", "mcnemar.csv", "per_class.csv", "summary.csv"]
+        "comparison.md", "comparison.png", "configurations.csv", "mcnemar.csv", "not_compared.csv", "per_class.csv",
+        "summary.csv"]
     report = (out / "comparison.md").read_text()
-    for heading in ("## Summary", "## McNemar", "### vgg16", "### resnet50", "## Incomplete"):
+    for heading in ("## Summary", "## McNemar", "### vgg16", "### resnet50", "## Not compared"):
         assert heading in report
-    assert "| broken-20240101-000000 | broken | failed | metrics.json, predictions.csv |" in report
-    assert "| busy-20240101-000000 | busy | running |" in report
+    for name, state in (("broken", "failed"), ("busy", "running")):
+        assert (f"| {name}-20240101-000000 | {name} | {state} | training did not complete (status: {state}) | "
+                f"continue it with braintumor train --resume {outputs / name}-20240101-000000") in report
+    assert [row["folder"] for row in read_csv(out / "not_compared.csv")] == [
+        "broken-20240101-000000", "busy-20240101-000000"]
     assert "VGG16-I P | VGG16-I R | VGG16-I F1" in report
     assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
     summary_labels = {row["label"] for row in read_csv(out / "summary.csv")}
@@ -244,7 +252,7 @@ def only_failed_runs(outputs: Path) -> Path:
 @pytest.mark.parametrize("make_bad_input, message", [
     (lambda outputs: outputs / "missing", "no such folder"),
     (no_runs, "no runs found"),
-    (only_failed_runs, "no completed runs"),
+    (only_failed_runs, "none of the 1 run or evaluation folders found can be compared"),
     (corrupt_metrics, "is corrupt"),
     (stale_metrics, "disagrees with the predictions.csv"),
     (corrupt_predictions, "corrupt predictions file"),
@@ -271,7 +279,7 @@ def test_cli_exits_2_with_one_line_naming_the_file(tmp_path, capsys):
 def test_unknown_metric_names_the_allowed_ones(tmp_path, capsys):
     make_run(tmp_path, "a-20240101-000000")
     assert main(["compare", str(tmp_path), "--metric", "f2"]) == 2
-    assert "unknown metric 'f2'; use one of: accuracy, balanced_accuracy, macro_f1" in (
+    assert "unknown metric 'f2'; use one of: accuracy, macro_precision, macro_recall, macro_f1" in (
         capsys.readouterr().err)
 
 
@@ -351,3 +359,123 @@ def test_study_layout_puts_experiments_side_by_side_with_the_published_figures(t
                         "| 0.4700 |")
     assert "| *study* |  |  |  |  |  |  |  |  | 3.3900 |" in table  # test loss: published for VGG16-III only
     assert "*study*" not in plain
+
+
+def edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(json.dumps(data))
+
+
+DAMAGES = {  # folder name: (how the copy is damaged, the problem compare names, the action it proposes)
+    "bootstrap-bomb": (lambda run: edit_json(run / "metrics.json", ci95__resamples=10**9),
+                       "1000000000 bootstrap resamples asked for, outside 1 to 10000", "train its config again"),
+    "metrics-not-utf8": (lambda run: (run / "metrics.json").write_bytes(b"\xff\xfe{"), "metrics.json is corrupt",
+                         "train its config again"),
+    "metrics-edited": (lambda run: edit_json(run / "metrics.json", accuracy=0.5), "disagrees with the predictions.csv",
+                       "train its config again"),
+    "predictions-corrupt": (lambda run: (run / "predictions.csv").write_text("file,true\nx.jpg,a\n"),
+                            "corrupt predictions file", "train its config again"),
+    "predictions-missing": (lambda run: (run / "predictions.csv").unlink(), "no predictions.csv",
+                            "train its config again"),
+    "status-garbage": (lambda run: (run / "status.json").write_text("[1, 2]"), "status.json is not a JSON object",
+                       "train its config again"),
+    "status-running": (lambda run: edit_json(run / "status.json", state="running"),
+                       "training did not complete (status: running)", "braintumor train --resume"),
+    "config-not-yaml": (lambda run: (run / "config.yaml").write_text("name: [unclosed\n"), "invalid YAML",
+                        "remove the folder"),
+}
+
+
+def damaged_copies(trained_run: Path, outputs: Path, damages: dict) -> None:
+    for name, (damage, _, _) in damages.items():
+        damage(shutil.copytree(trained_run, outputs / name))
+
+
+def test_damaged_runs_are_listed_with_the_reason_and_the_others_compared(trained_run, tmp_path, caplog):
+    outputs = tmp_path / "outputs"
+    for name in ("good-1", "good-2"):
+        shutil.copytree(trained_run, outputs / name)
+    damaged_copies(trained_run, outputs, DAMAGES)
+    caplog.set_level(logging.INFO, logger="braintumor")
+    peak = []
+    tracemalloc.start()
+    try:
+        out = compare_runs(outputs, out_dir=tmp_path / "cmp")
+        peak.append(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+    assert peak[0] < 200 * 2**20  # the 10**9 resamples are never allocated
+
+    assert [row["folder"] for row in read_csv(out / "summary.csv")] == ["good-1", "good-2"]
+    left_out = {row["folder"]: row for row in read_csv(out / "not_compared.csv")}
+    assert left_out.keys() == DAMAGES.keys()
+    report = (out / "comparison.md").read_text()
+    for name, (_, problem, action) in DAMAGES.items():
+        row = left_out[name]
+        assert problem in row["problem"] and action in row["action"], row
+        assert "evaluate" not in row["problem"] + row["action"]  # evaluate never rewrites a run's own files
+        assert f"{name}: {row['problem']}; {row['action']}" in caplog.text  # the console
+        assert f"| {name} |" in report
+    assert left_out["status-running"]["action"].startswith(f"continue it with braintumor train --resume {outputs}")
+
+
+def test_every_run_unreadable_is_one_line_exit_2_and_writes_nothing(trained_run, tmp_path, capsys):
+    damages = {name: DAMAGES[name] for name in ("bootstrap-bomb", "predictions-corrupt", "status-running")}
+    damaged_copies(trained_run, tmp_path, damages)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["compare", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}: none of the 3 run or evaluation folders found can be compared: ")
+    assert err.count("\n") == 1 and all(problem in err for _, problem, _ in damages.values())
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_damaged_evaluation_is_listed_beside_its_compared_run(trained_run, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    evaluation = run / "eval" / "Testing-20240102-000000"
+    evaluation.mkdir(parents=True)
+    shutil.copy(run / "predictions.csv", evaluation)
+    (evaluation / "metrics.json").write_text('{"n": 2')
+    out = compare_runs(tmp_path, out_dir=tmp_path / "cmp", include_eval=True)
+    assert [row["folder"] for row in read_csv(out / "summary.csv")] == ["run"]
+    (row,) = read_csv(out / "not_compared.csv")
+    assert row["folder"] == "run/eval/Testing-20240102-000000" and row["state"] == "evaluation"
+    assert row["action"].startswith(f"evaluate the run again (braintumor evaluate --run {run} writes a new folder)")
+
+
+def test_every_declared_metric_is_computed_reported_ranked_and_tabulated(tmp_path, capsys):
+    """Adding a Metric to METRICS is all it takes: each consumer reads the declaration."""
+    for seed, leak_free in ((1, 0.4), (2, 0.9)):
+        add_leak_free(make_run(tmp_path, f"r{seed}-20240101-000000", seed=seed), leak_free)
+    run = tmp_path / "r1-20240101-000000"
+    stored = json.loads((run / "metrics.json").read_text())
+    report = (run / "classification_report.txt").read_text()
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    out = compare_runs(tmp_path, out_dir=tmp_path / "cmp")
+    summary = read_csv(out / "summary.csv")
+    heading = (out / "comparison.md").read_text().split("### G1")[1].split("\n")[2]
+    for metric in METRICS:
+        value = metric.value(stored)
+        assert isinstance(value, float), metric.name  # computed and stored (leak_free: by evaluation)
+        if metric.report_line:
+            assert re.search(rf"^{re.escape(metric.title)} +{value:.4f}$", report, re.MULTILINE), metric.name
+        elif metric.compute:
+            assert f"{value:.4f}" in report, metric.name  # in sklearn's table
+        assert metric.choice_help in help_text
+        for row in summary:
+            expected = metric.value(json.loads((tmp_path / row["folder"] / "metrics.json").read_text()))
+            assert float(row[metric.name]) == pytest.approx(expected, rel=1e-12)
+        assert f" {metric.label} " in heading or f" {metric.label} [95% CI] " in heading
+    results = compare_module._collect(tmp_path, include_eval=False)[0]
+    for metric in METRICS:  # ranked by each metric in its own direction (loss and ECE: lower is better)
+        (ranked,) = compare_module._group_and_rank(results, metric.name).values()
+        values = [metric.value(result.metrics) for result in ranked]
+        assert values == sorted(values, reverse=metric.higher_is_better) and values[0] != values[1], metric.name

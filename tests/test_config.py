@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,79 @@ def test_readme_documents_every_config_key():
 
     missing = [key for key in keys(Config()) if f"`{key}`" not in readme]
     assert not missing, f"README's config table lacks {missing}"
+
+
+def alias_bomb(levels: int = 9, flow: bool = False) -> str:
+    """'Billion laughs': each anchor lists the one before nine times, so the last stands for 9**levels strings."""
+    names = "abcdefghij"[:levels]
+    anchors = ["&a [" + ", ".join(["lol"] * 9) + "]"] + [
+        f"&{name} [" + ", ".join([f"*{previous}"] * 9) + "]" for previous, name in itertools.pairwise(names)]
+    if flow:
+        return "[" + ", ".join(anchors) + "]"
+    return "".join(f"k{i}: {anchor}\n" for i, anchor in enumerate(anchors)) + f"data:\n  classes: *{names[-1]}\n"
+
+
+HOSTILE_FILES = {
+    "alias bomb": (lambda: alias_bomb(), "YAML aliases at line 6 expand to more than 100000 values"),
+    "alias inside its own anchor": (lambda: "data:\n  classes: &a [x, *a]\n", "YAML alias inside its own anchor"),
+    "10000-deep list": (lambda: "data:\n  classes: " + "[" * 10_000 + "]" * 10_000 + "\n",
+                        "YAML nested deeper than 32 levels at line 2"),
+    "10000-deep mapping": (lambda: "train: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n",
+                           "YAML nested deeper than 32 levels at line 1"),
+    "10 MB file": (lambda: "# " + "x" * 10 * 2**20 + "\n", "the file has 10485763 bytes, over the 65536"),
+}
+
+
+def peak_bytes(call) -> int:
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+@pytest.mark.parametrize("name", HOSTILE_FILES)
+def test_hostile_config_files_fail_in_one_line_before_python_objects_are_built(tmp_path, capsys, command, name):
+    content, message = HOSTILE_FILES[name]
+    path = tmp_path / "hostile.yaml"
+    path.write_text(content())
+    codes = []
+    peak = peak_bytes(lambda: codes.append(main([command, str(path)])))
+    err = capsys.readouterr().err
+    assert codes == [2] and err.startswith(f"error: {path}: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400
+    assert peak < 4 * 2**20  # the 10 MB file is never read, the bomb never expanded
+
+
+@pytest.mark.parametrize("value, message", [
+    (alias_bomb(7, flow=True), "YAML aliases at line 1 expand to more than 100000 values"),
+    ("[" * 10_000 + "]" * 10_000, "YAML nested deeper than 32 levels at line 1"),
+    ("x" * 10 * 2**20, "its value has 10485760 characters, over the 65536"),
+])
+def test_hostile_set_values_fail_in_one_line(capsys, value, message):
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    argv, codes = ["validate", str(quickstart), "--set", f"data.classes={value}"], []
+    peak = peak_bytes(lambda: codes.append(main(argv)))
+    err = capsys.readouterr().err
+    assert codes == [2] and err.startswith("error: --set 'data.classes=") and message in err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400
+    assert peak < 4 * 2**20 + len(value)  # at most one copy of the value, never parsed
+
+
+@pytest.mark.parametrize("raw, overrides", [
+    ({"model": {"backbone": "x" * 50_000}}, []),  # a Literal
+    ({"data": {"image_size": "9" * 50_000 + "x"}}, []),  # a type
+    ({"augmentation": {"brightness": list(range(50_000))}}, []),  # a range check
+    ({"data": {"classes": "x" * 50_000}}, []),  # a list
+    ({"model": "x" * 50_000}, []),  # a section
+    ({"x" * 50_000: 1}, []),  # an unknown key
+    ({}, ["train.epochs=[" + "1, " * 20_000]),  # an override that is not YAML
+    ({}, ["x" * 50_000]),  # an override without '='
+])
+def test_errors_quote_long_values_cut_short(raw, overrides):
+    with pytest.raises(UserError) as err:
+        parse_config(raw, "test", overrides)
+    assert len(str(err.value)) < 400 and "..." in str(err.value)

@@ -146,3 +146,11 @@ def test_mcnemar_equals_scipy_binomtest_on_a_large_case():
 def test_mcnemar_needs_paired_results():
     with pytest.raises(ValueError, match="paired"):
         mcnemar(np.ones(3, bool), np.ones(4, bool))
+
+
+@pytest.mark.parametrize("resamples", [0, 10**9])
+def test_bootstrap_resamples_are_bounded_before_any_work(resamples):
+    y_true, probs = predictions(394)
+    with pytest.raises(ValueError, match=f"^{resamples} bootstrap resamples asked for, outside 1 to 10000$"):
+        compute_metrics(y_true, probs, CLASSES, n_bootstrap=resamples)
+    assert compute_metrics(y_true, probs, CLASSES, n_bootstrap=10_000)["ci95"]["resamples"] == 10_000

@@ -115,8 +115,8 @@ def _predict_json(run: Path, image: Path) -> dict:
 
 
 def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, synth_root, served, browser, tmp_path):
+    from braintumor.apps.serve import example_files
     from braintumor.core.run import Run
-from braintumor.apps.serve import example_files
 
     scan = synth_root / "Testing" / "pituitary_tumor" / "synth_0002.jpg"
     expected = _predict_json(demo_run, scan)

@@ -20,11 +20,17 @@ import yaml
 
 from braintumor.core.atomic import write_text
 from braintumor.core.backbones import BACKBONES
-from braintumor.core.errors import UserError, describe
+from braintumor.core.errors import UserError, clip, describe, shown
 
 SYNTHETIC_ROOT = "data/synthetic"  # the quickstart's folder, relative to the current folder
 # keys whose YAML `null` means the string "none"; a null anywhere else (not an Optional key) is an error
 NULL_MEANS_NONE = frozenset({"model.weights"})
+
+# Bounds on what YAML may make us build, checked before any Python object exists: a config is a page of keys
+# (the shipped ones are under 2 KB and 3 levels deep), so these only stop files that would exhaust memory or the stack.
+MAX_CONFIG_BYTES = 64 * 1024  # file size, and length of a --set value
+MAX_NESTING = 32  # collections inside collections; deeper YAML overflows PyYAML's recursive composer
+MAX_VALUES = 100_000  # nodes counting each alias as a copy of its anchor: a 64 KB file without aliases holds < 33000
 
 Mode = Literal["feature-extraction", "fine-tune", "full"]
 Preprocess = Literal["brain_crop", "standardize"]
@@ -205,7 +211,7 @@ class _Check:
     def __call__(self, ok: bool, key: str, allowed: str) -> None:
         if not ok:
             value = getattr(self.section, key)
-            raise UserError(f"{self.source}: {self.prefix}{key} = {value!r} is not allowed; use {allowed}")
+            raise UserError(f"{self.source}: {self.prefix}{key} = {shown(value)} is not allowed; use {allowed}")
 
 
 def _build(cls: type, raw: Any, path: str, source: str) -> Any:
@@ -213,14 +219,14 @@ def _build(cls: type, raw: Any, path: str, source: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: {path.rstrip('.') or 'the file'} must be a mapping of keys, got {raw!r}")
+        raise UserError(f"{source}: {path.rstrip('.') or 'the file'} must be a mapping of keys, got {shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean '{path}{close[0]}'?" if close else f"allowed keys: {', '.join(names)}"
-            raise UserError(f"{source}: unknown key '{path}{key}'; {hint}")
+            raise UserError(f"{source}: unknown key '{path}{clip(str(key))}'; {hint}")
     values = {key: _coerce(value, hints[key], f"{path}{key}", source) for key, value in raw.items()}
     obj = cls(**values)
     if hasattr(obj, "validate"):
@@ -239,12 +245,12 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
         return _coerce(value, inner, path, source)
     if origin is Literal:
         if value not in args or (isinstance(value, bool) and bool not in map(type, args)):
-            raise UserError(f"{source}: {path} = {value!r} is not allowed; use one of: "
+            raise UserError(f"{source}: {path} = {shown(value)} is not allowed; use one of: "
                             + ", ".join(map(str, args)))
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise UserError(f"{source}: {path} must be a list, got {value!r}")
+            raise UserError(f"{source}: {path} must be a list, got {shown(value)}")
         return [_coerce(item, args[0], f"{path}[{i}]", source) for i, item in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -259,26 +265,27 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
         raise UserError(f"{source}: {path} is null, which is not allowed here; give a {hint.__name__} value "
                         "or remove the key to use the default")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise UserError(f"{source}: {path} = {value!r} must be of type {hint.__name__}")
+        raise UserError(f"{source}: {path} = {shown(value)} must be of type {hint.__name__}")
     return value
 
 
 def _apply_override(raw: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     parts = key.strip().split(".")
+    source = f"--set {shown(override)}"
     if not sep or not all(parts):
-        raise UserError(f"--set {override!r} must look like KEY=VALUE, e.g. --set train.epochs=2")
+        raise UserError(f"{source} must look like KEY=VALUE, e.g. --set train.epochs=2")
     *parents, leaf = parts
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise UserError(f"--set {override!r}: {part} is not a section")
+            raise UserError(f"{source}: {clip(part)} is not a section")
+    _check_size(len(text), source, "its value", "characters")
     try:
-        node[leaf] = yaml.safe_load(text) if text.strip() else ""
+        node[leaf] = _parse_yaml(text, source) if text.strip() else ""
     except yaml.YAMLError as err:  # unclosed brackets, `!!python/...` tags (safe_load refuses them)
-        problem = getattr(err, "problem", None) or describe(err)
-        raise UserError(f"--set {override!r}: the value is not plain YAML ({problem}); "
+        raise UserError(f"{source}: the value is not plain YAML ({_problem(err)}); "
                         "quote it or write e.g. [1, 2], true, 0.001, text") from err
 
 
@@ -294,21 +301,77 @@ def parse_config(raw: Any, source: str, overrides: typing.Iterable[str] = ()) ->
     return _build(Config, raw, "", source)
 
 
-def _read_yaml(path: Path) -> Any:
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing while it composes (before any Python object is built) YAML nested
+    deeper than MAX_NESTING or holding more than MAX_VALUES values once aliases are expanded ("billion laughs")."""
+
+    def __init__(self, stream: str, source: str):
+        super().__init__(stream)
+        self.source, self.nesting = source, 0
+        self.sizes: dict[int, int] = {}  # id(node) -> its value count with aliases expanded, once composed
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # the anchor's node, not a copy
+            if id(node) not in self.sizes:
+                raise UserError(f"{self.source}: YAML alias inside its own anchor at line {line}; "
+                                "write the values out")
+        else:
+            self.nesting += 1
+            if self.nesting > MAX_NESTING:
+                raise UserError(f"{self.source}: YAML nested deeper than {MAX_NESTING} levels at line {line}; "
+                                "a config needs three (section, key, list)")
+            node = super().compose_node(parent, index)
+            self.nesting -= 1
+            children = node.value if isinstance(node, yaml.SequenceNode) else \
+                [item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode) else []
+            self.sizes[id(node)] = 1 + sum(self.sizes[id(child)] for child in children)
+        if self.sizes[id(node)] > MAX_VALUES:
+            raise UserError(f"{self.source}: YAML aliases at line {line} expand to more than {MAX_VALUES} "
+                            "values; write the values out instead of repeating aliases")
+        return node
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """Safe-load one YAML document within MAX_NESTING and MAX_VALUES."""
+    loader = _BoundedLoader(text, source)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _check_size(size: int, source: str, what: str, unit: str = "bytes") -> None:
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"{source}: {what} has {size} {unit}, over the {MAX_CONFIG_BYTES} a config may hold; "
+                        "state only the keys that differ from the defaults, as configs/quickstart.yaml does")
+
+
+def _problem(err: yaml.YAMLError) -> str:
+    return clip(getattr(err, "problem", None) or describe(err))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content (an empty file reads as {}); its size is checked before it is read."""
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass a YAML file such as configs/quickstart.yaml")
     try:
-        text = path.read_text()
+        _check_size(path.stat().st_size, str(path), "the file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grew since stat
+        _check_size(len(data), str(path), "the file")
+        text = data.decode()
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read config file {path} as UTF-8 text ({describe(err)}); "
                         "check its permissions and encoding") from err
     try:
-        return yaml.safe_load(text) or {}
+        return _parse_yaml(text, str(path)) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: invalid YAML{where} ({getattr(err, 'problem', None) or describe(err)}); "
-                        "fix the syntax") from err
+        raise UserError(f"{path}: invalid YAML{where} ({_problem(err)}); fix the syntax") from err
 
 
 def read_listing(path: Path) -> list[Path] | None:
@@ -316,7 +379,7 @@ def read_listing(path: Path) -> list[Path] | None:
 
     Listed paths are relative to the listing's folder, so `configs/study.yaml` names `vgg16_full.yaml` etc.
     """
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not (isinstance(raw, dict) and "configs" in raw):
         return None
     listed = raw["configs"]
@@ -329,7 +392,7 @@ def read_listing(path: Path) -> list[Path] | None:
 
 def load_config(path: Path, overrides: typing.Iterable[str] = ()) -> Config:
     """Read a YAML config; the run name defaults to the file's stem."""
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if isinstance(raw, dict) and "configs" in raw:
         raise UserError(f"{path} is a sweep listing, not an experiment config; run it with "
                         f"braintumor sweep {path}, or pass the configs it names")

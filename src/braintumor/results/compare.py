@@ -3,7 +3,9 @@
 Runs are ranked only against runs scored on the same test files, and the best run of each such
 group is tested against the others with McNemar's test, so small differences are not over-read.
 Runs whose configs differ only in the seed form one configuration: its mean ± std and min–max over
-seeds are reported, and the study's per-backbone tables are built from the means.
+seeds are reported, and the study's per-backbone tables are built from the means. A run that cannot
+be compared (unfinished, damaged, missing files) is listed with what is wrong and what to do, and
+the others are compared without it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import yaml
 
-from braintumor.core.errors import UserError
+from braintumor.core import run as contract  # the run folder's file names
+from braintumor.core.config import read_yaml
+from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
-from braintumor.core.run import CONFIG, Reports, Run
-from braintumor.core.rundir import staged_dir, timestamp
+from braintumor.core.rundir import read_json, staged_dir, timestamp
 from braintumor.results.cells import md_cell
-from braintumor.results.metrics import LOWER_IS_BETTER, RANKABLE, compute_metrics, mcnemar, metric_value
+from braintumor.results.metrics import BOOTSTRAPPED, METRIC, METRICS, compute_metrics, mcnemar
 from braintumor.results.reports import read_predictions, write_csv
 
 matplotlib.use("Agg")
@@ -33,18 +35,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 
 log = get_logger(__name__)
 
-LEAK_FREE = "leak_free"  # accuracy on the Testing images without a Training twin (stored in metrics.json)
-METRICS = (*RANKABLE, LEAK_FREE)
+RESULT_FILES = (contract.METRICS, contract.PREDICTIONS)
 TRAIN_MINUTES = "train_minutes"  # training wall time of a run (metrics.json's train_seconds / 60)
 # mean ± std, min–max per configuration
-SEED_STATS = ("accuracy", "macro_f1", "glioma_recall", LEAK_FREE, TRAIN_MINUTES)
+SEED_STATS = ("accuracy", "macro_f1", "glioma_recall", "leak_free", TRAIN_MINUTES)
 NOT_CONFIGURATION = ("seed", "name", "output")  # config keys in which runs of one configuration may differ
-AVERAGES = ("macro_precision", "macro_recall", "macro_f1",
-            "weighted_precision", "weighted_recall", "weighted_f1")
 SUMMARY_COLUMNS = (
-    "group", "rank", "best", "label", "backbone", "folder", "n", "accuracy", "accuracy_ci_low",
-    "accuracy_ci_high", *AVERAGES, "macro_f1_ci_low", "macro_f1_ci_high", "loss",
-    "balanced_accuracy", "cohen_kappa", "roc_auc_macro", "ece", LEAK_FREE, "seed",
+    "group", "rank", "best", "label", "backbone", "folder", "n",
+    *(column for metric in METRICS for column in (
+        metric.name, *((f"{metric.name}_ci_low", f"{metric.name}_ci_high") if metric.name in BOOTSTRAPPED else ()))),
+    "seed",
 )
 CONFIGURATION_COLUMNS = ("group", "label", "backbone", "runs", "seeds",
                          *(f"{name}_{stat}" for name in SEED_STATS for stat in ("mean", "std", "min", "max")))
@@ -52,6 +52,8 @@ PER_CLASS_COLUMNS = ("backbone", "group", "label", "class", "precision", "recall
                      "roc_auc")
 MCNEMAR_COLUMNS = ("group", "best", "other", "n", "best_accuracy", "other_accuracy",
                    "only_best_correct", "only_other_correct", "p_value")
+NOT_COMPARED_COLUMNS = ("folder", "label", "state", "problem", "action")
+WRITE_AGAIN = "run the command that wrote it again (train or evaluate)"  # the fix of a damaged result file
 
 
 @dataclass
@@ -114,117 +116,172 @@ def compare_runs(
 
     `study`: print the study's published figures beside ours in its per-backbone tables.
     """
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r}; use one of: {', '.join(METRICS)}")
+    if metric not in METRIC:
+        raise UserError(f"unknown metric {metric!r}; use one of: {', '.join(METRIC)}")
     if not outputs_dir.is_dir():
         raise UserError(f"{outputs_dir}: no such folder; pass the folder holding your runs")
     out_dir = out_dir or outputs_dir / f"comparison-{timestamp()}"
-    results, unfinished = _collect(outputs_dir, include_eval)
+    results, not_compared = _collect(outputs_dir, include_eval)
     groups = _group_and_rank(results, metric)
     configurations = _configurations(groups)
     tables = _summary_rows(groups), _per_class_rows(groups), _mcnemar_rows(groups)
     seed_rows = _configuration_rows(configurations)
-    report = _markdown(outputs_dir, metric, groups, tables, unfinished, configurations, study)
+    report = _markdown(outputs_dir, metric, groups, tables, not_compared, configurations, study)
 
     with staged_dir(out_dir) as tmp:
-        for name, columns, rows in zip(("summary", "per_class", "mcnemar", "configurations"),
-                                       (SUMMARY_COLUMNS, PER_CLASS_COLUMNS, MCNEMAR_COLUMNS, CONFIGURATION_COLUMNS),
-                                       (*tables, seed_rows), strict=True):
+        for name, columns, rows in zip(("summary", "per_class", "mcnemar", "configurations", "not_compared"),
+                                       (SUMMARY_COLUMNS, PER_CLASS_COLUMNS, MCNEMAR_COLUMNS, CONFIGURATION_COLUMNS,
+                                        NOT_COMPARED_COLUMNS),
+                                       (*tables, seed_rows, not_compared), strict=True):
             write_csv(tmp / f"{name}.csv", columns, ([row[c] for c in columns] for row in rows))
         (tmp / "comparison.md").write_text(report)
         _plot(groups, tmp / "comparison.png")
-    log.info(_terminal_summary(groups, tables[0], unfinished, metric, configurations))
+    log.info(_terminal_summary(groups, tables[0], not_compared, metric, configurations))
     log.info(f"wrote {out_dir}")
     return out_dir
 
 
 def _collect(outputs_dir: Path, include_eval: bool) -> tuple[list[Result], list[dict]]:
-    """Completed results, and the run or evaluation folders that are not (with what is missing)."""
-    results, unfinished = [], []
-    runs = Run.find(outputs_dir)
-    if not runs:
-        raise UserError(f"{outputs_dir}: no runs found (no folder with {CONFIG}); "
+    """The results that can be compared, and a row for each run or evaluation folder that cannot."""
+    results, not_compared = [], []
+    config_paths = sorted(outputs_dir.rglob(contract.CONFIG))
+    if not config_paths:
+        raise UserError(f"{outputs_dir}: no runs found (no folder with config.yaml); "
                         "pass the outputs folder that `braintumor train` wrote to")
-    for run in runs:
-        config = _read_config(run.config)
-        label = config.get("label") or config.get("name") or run.path.name
-        backbone = str((config.get("model") or {}).get("backbone") or "unknown")
-        state = run.state() or "no status file"
-        configuration = json.dumps({k: v for k, v in config.items() if k not in NOT_CONFIGURATION},
-                                   sort_keys=True, default=str)
-        candidates = [(run, label, state == "completed", state, configuration)]
-        if include_eval:  # evaluations of several seeds' runs on one split form their own configuration
-            candidates += [(evaluation, f"{label} {evaluation.path.relative_to(run.path).as_posix()}", True,
-                            "incomplete evaluation", f"{configuration} evaluation of {evaluation.split}")
-                           for evaluation in run.evaluations()]
-        for folder, name, finished, state_text, key in candidates:
-            missing = [path.name for path in (folder.metrics, folder.predictions) if not path.is_file()]
-            relative = str(folder.path.relative_to(outputs_dir))
-            if finished and not missing:
-                result = _load_result(folder, relative, str(name), backbone)
-                result.configuration, result.config_label = key, str(name)
-                result.seed = config.get("seed")
-                results.append(result)
-            else:
-                unfinished.append({"folder": relative, "label": str(name), "state": str(state_text),
-                                   "missing": ", ".join(missing) or "-"})
+    for config_path in config_paths:
+        found, left_out = _read_run(config_path, outputs_dir, include_eval)
+        results += found
+        not_compared += left_out
     if not results:
-        raise UserError(f"{outputs_dir}: no completed runs among {len(unfinished)} found; "
-                        "finish or re-run them with `braintumor train`")
+        shown = "; ".join(map(_not_compared_text, not_compared[:3]))
+        more = f"; and {len(not_compared) - 3} more" if len(not_compared) > 3 else ""
+        raise UserError(f"{outputs_dir}: none of the {len(not_compared)} run or evaluation folders found can be "
+                        f"compared: {shown}{more}")
     labels = [result.label for result in results]
     for result in results:  # a label several results share gets their folders added
         if labels.count(result.label) > 1:
             result.label = f"{result.label} ({result.folder})"
-    return results, unfinished
+    return results, not_compared
+
+
+def _read_run(config_path: Path, outputs_dir: Path, include_eval: bool) -> tuple[list[Result], list[dict]]:
+    """The results of one run folder (and its evaluations with `include_eval`), and the rows of those left out."""
+    run = config_path.parent
+    retrain = f"train its config again (braintumor train {config_path}), or remove the folder"
+    try:
+        config = _read_config(config_path)
+    except UserError as err:
+        return [], [_not_compared(run, outputs_dir, run.name, "unknown", err,
+                                  "remove the folder: without its config it can be neither resumed nor retrained")]
+    label = str(config.get("label") or config.get("name") or run.name)
+    backbone = str((config.get("model") or {}).get("backbone") or "unknown")
+    try:
+        state = _state(run / contract.STATUS)
+    except UserError as err:
+        return [], [_not_compared(run, outputs_dir, label, "unknown", err, retrain)]
+    configuration = json.dumps({k: v for k, v in config.items() if k not in NOT_CONFIGURATION},
+                               sort_keys=True, default=str)
+    results, not_compared = [], []
+    if state != "completed":
+        not_compared.append(_not_compared(
+            run, outputs_dir, label, state, f"training did not complete (status: {state})",
+            f"continue it with braintumor train --resume {run} (unless it is still training), or remove the folder"))
+    candidates = [(run, label, configuration, retrain)] if state == "completed" else []
+    if include_eval:  # evaluations of several seeds' runs on one split form their own configuration
+        candidates += [(folder, f"{label} eval/{folder.name}", f"{configuration} eval/{folder.name.rsplit('-', 2)[0]}",
+                        f"evaluate the run again (braintumor evaluate --run {run} writes a new folder), "
+                        "then remove this one")
+                       for folder in sorted((run / contract.EVAL).glob("*")) if folder.is_dir()]
+    for folder, name, key, action in candidates:
+        folder_state = state if folder == run else "evaluation"
+        missing = [file for file in RESULT_FILES if not (folder / file).is_file()]
+        if missing:
+            not_compared.append(_not_compared(folder, outputs_dir, name, folder_state,
+                                              f"no {' or '.join(missing)}", action))
+            continue
+        try:
+            result = _load_result(folder, str(folder.relative_to(outputs_dir)), name, backbone)
+        except (UserError, OSError) as err:  # OSError: e.g. a file without read permission
+            not_compared.append(_not_compared(folder, outputs_dir, name, folder_state, err, action))
+            continue
+        result.configuration, result.config_label = key, name
+        result.seed = config.get("seed")
+        results.append(result)
+    return results, not_compared
+
+
+def _not_compared(folder: Path, outputs_dir: Path, label: str, state: str, problem: str | BaseException,
+                  action: str) -> dict:
+    text = problem if isinstance(problem, str) else " ".join(str(problem).split()) or type(problem).__name__
+    if isinstance(problem, UserError):  # "<what is wrong>; <how to fix it>": the fix here depends on the folder
+        text = text.rpartition("; ")[0] or text
+    return {"folder": str(folder.relative_to(outputs_dir)), "label": label, "state": state, "problem": text,
+            "action": action}
+
+
+def _not_compared_text(row: dict) -> str:
+    return f"{row['folder']}: {row['problem']}; {row['action']}"
+
+
+def _state(status_path: Path) -> str:
+    if not status_path.exists():
+        return "no status.json"
+    status = read_json(status_path)
+    if not isinstance(status, dict):
+        raise UserError(f"{status_path} is not a JSON object; {WRITE_AGAIN}")
+    return str(status.get("state", "unknown"))
 
 
 def _read_config(path: Path) -> dict:
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: unreadable YAML ({err}); restore it from the run") from err
+    config = read_yaml(path)
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a mapping of config keys; restore it from the run")
     return config
 
 
-def _load_result(folder: Reports, relative: str, label: str, backbone: str) -> Result:
+def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Result:
     """Recompute the metrics from predictions.csv and check metrics.json says the same."""
-    files, y_true, probs, classes = read_predictions(folder.predictions)
-    path = folder.metrics
-    stored = folder.read_metrics()
+    files, y_true, probs, classes = read_predictions(folder / contract.PREDICTIONS)
+    path = folder / contract.METRICS
+    stored = read_json(path)
     try:
         ci = stored["ci95"]
-        metrics = compute_metrics(y_true, probs, classes, seed=int(ci["seed"]),
-                                  n_bootstrap=int(ci["resamples"]))
+        seed, resamples = int(ci["seed"]), int(ci["resamples"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: not a braintumor metrics file (bad or missing {describe(err)}); "
+                        f"{WRITE_AGAIN}") from err
+    try:  # the resamples are bounded here, before any work
+        metrics = compute_metrics(y_true, probs, classes, seed=seed, n_bootstrap=resamples)
+    except ValueError as err:
+        raise UserError(f"{path}: {describe(err)}; {WRITE_AGAIN}") from err
+    try:
         agree = (stored["n"] == metrics["n"] and stored["classes"] == classes
                  and all(math.isclose(stored[key], metrics[key], rel_tol=1e-9, abs_tol=1e-12)
                          for key in ("accuracy", "loss")))
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{path}: not a braintumor metrics file (bad or missing {err}); "
-                        "re-create it with `braintumor evaluate`") from err
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a braintumor metrics file (bad or missing {describe(err)}); "
+                        f"{WRITE_AGAIN}") from err
     if not agree:
-        raise UserError(f"{path}: disagrees with the predictions.csv next to it; "
-                        "re-create both with `braintumor evaluate`")
+        raise UserError(f"{path}: disagrees with the predictions.csv next to it; one of them was changed")
     correct = probs.argmax(axis=1) == y_true
     for part in ("leak_free", "tta"):  # computed at evaluation from data predictions.csv does not hold
         if isinstance(stored.get(part), dict):
             metrics[part] = stored[part]
+    if not isinstance(METRIC["leak_free"].value(metrics), float | int | None):
+        raise UserError(f"{path}: leak_free.accuracy is not a number; {WRITE_AGAIN}")
     if isinstance(stored.get("train_seconds"), (int, float)):  # training runs only, not evaluations
         metrics["train_seconds"] = float(stored["train_seconds"])
     return Result(label, backbone, relative, files, correct, metrics)
 
 
 def _value(metrics: dict, name: str) -> float | None:
-    """A METRICS name, glioma_recall (None without a glioma class) or train_minutes (None without a time)."""
+    """A declared metric, glioma_recall (None without a glioma class) or train_minutes (None without a time)."""
     if name == TRAIN_MINUTES:
         return metrics["train_seconds"] / 60 if "train_seconds" in metrics else None
-    if name == LEAK_FREE:
-        return (metrics.get(LEAK_FREE) or {}).get("accuracy")
     if name == "glioma_recall":
         glioma = [scores for cls, scores in metrics["per_class"].items() if _class_key(cls) == "glioma"]
         return glioma[0]["recall"] if glioma else None
-    return metric_value(metrics, name)
+    return METRIC[name].value(metrics)
 
 
 def _class_key(name: str) -> str:
@@ -237,7 +294,7 @@ def _group_and_rank(results: list[Result], metric: str) -> dict[str, list[Result
     by_files: dict[frozenset[str], list[Result]] = {}
     for result in results:
         by_files.setdefault(frozenset(result.files), []).append(result)
-    sign = 1 if metric in LOWER_IS_BETTER else -1
+    sign = -1 if METRIC[metric].higher_is_better else 1
 
     def score(result: Result) -> tuple:  # sorts best first, undefined values last
         value = _value(result.metrics, metric)
@@ -263,12 +320,11 @@ def _summary_rows(groups: dict[str, list[Result]]) -> list[dict]:
             rows.append({
                 "group": result.group, "rank": result.rank,
                 "best": "yes" if result.rank == 1 else "",
-                "label": result.label, "backbone": result.backbone, "folder": result.folder,
-                "accuracy_ci_low": m["ci95"]["accuracy"][0],
-                "accuracy_ci_high": m["ci95"]["accuracy"][1],
-                "macro_f1_ci_low": m["ci95"]["macro_f1"][0],
-                "macro_f1_ci_high": m["ci95"]["macro_f1"][1],
-                "n": m["n"], **{name: _value(m, name) for name in METRICS}, "seed": result.seed,
+                "label": result.label, "backbone": result.backbone, "folder": result.folder, "n": m["n"],
+                **{metric.name: metric.value(m) for metric in METRICS},
+                **{f"{name}_ci_{end}": m["ci95"][name][i] for name in BOOTSTRAPPED
+                   for i, end in enumerate(("low", "high"))},
+                "seed": result.seed,
             })
     return rows
 
@@ -328,11 +384,11 @@ def _mcnemar_rows(groups: dict[str, list[Result]]) -> list[dict]:
 
 def _markdown(
     outputs_dir: Path, metric: str, groups: dict[str, list[Result]],
-    tables: tuple[list[dict], list[dict], list[dict]], unfinished: list[dict],
+    tables: tuple[list[dict], list[dict], list[dict]], not_compared: list[dict],
     configurations: list[Configuration], study: bool,
 ) -> str:
     summary, per_class, mcnemar_rows = tables
-    direction = "lower" if metric in LOWER_IS_BETTER else "higher"
+    direction = "higher" if METRIC[metric].higher_is_better else "lower"
     resamples = {result.metrics["ci95"]["resamples"]
                  for members in groups.values() for result in members}
     lines = [
@@ -369,21 +425,22 @@ def _markdown(
         members = sorted((c for c in configurations if c.backbone == backbone), key=lambda c: (c.label, c.group))
         lines += [f"### {backbone}", "", _study_layout(members, len({c.group for c in members}) > 1, study), ""]
     lines += ["Per-run per-class figures: per_class.csv.", ""]
-    if unfinished:
-        columns = ("folder", "label", "state", "missing")
-        lines += ["## Incomplete or failed runs (not compared)", "",
-                  _table(columns, [[row[c] for c in columns] for row in unfinished]), ""]
+    if not_compared:
+        lines += ["## Not compared: unfinished or damaged runs (also in not_compared.csv)", "",
+                  _table(NOT_COMPARED_COLUMNS, [[row[c] for c in NOT_COMPARED_COLUMNS] for row in not_compared]), ""]
     return "\n".join(lines)
 
 
 def _summary_markdown(rows: list[dict]) -> str:
-    header = ("rank", "best", "label", "backbone", "accuracy [95% CI]", "macro P", "macro R",
-              "macro F1", "weighted P", "weighted R", "weighted F1", "loss", "bal. acc.",
-              "kappa", "ROC-AUC", "ECE", "leak-free acc.")
-    body = [[row["rank"], row["best"], row["label"], row["backbone"],
-             f"{row['accuracy']:.4f} [{row['accuracy_ci_low']:.4f}, {row['accuracy_ci_high']:.4f}]",
-             *(_cell(row[c]) for c in (*AVERAGES, "loss", "balanced_accuracy", "cohen_kappa",
-                                       "roc_auc_macro", "ece", LEAK_FREE))]
+    header = ("rank", "best", "label", "backbone",
+              *(metric.label + (" [95% CI]" if metric.name in BOOTSTRAPPED else "") for metric in METRICS))
+
+    def cell(row: dict, name: str) -> str:
+        if name in BOOTSTRAPPED:
+            return f"{row[name]:.4f} [{row[f'{name}_ci_low']:.4f}, {row[f'{name}_ci_high']:.4f}]"
+        return _cell(row[name])
+
+    body = [[row["rank"], row["best"], row["label"], row["backbone"], *(cell(row, metric.name) for metric in METRICS)]
             for row in rows]
     return _table(header, body)
 
@@ -454,7 +511,7 @@ def _study_layout(configurations: list[Configuration], name_group: bool, study: 
     body.append(["accuracy: 95% CI (one run) / ± std over seeds",
                  *(cell for c in configurations for cell in [*blank, _interval_or_spread(c)])])
     body.append(["leak-free accuracy", *(cell for c in configurations
-                                         for cell in [*blank, _cell(_mean_or_none(c.values(LEAK_FREE)))])])
+                                         for cell in [*blank, _cell(_mean_or_none(c.values("leak_free")))])])
     body.append(["runs (seeds)", *(cell for c in configurations for cell in
                                    [*blank, f"{len(c.members)} ({c.seeds()})"])])
     return _table(header, body)
@@ -472,7 +529,7 @@ def _mean_or_none(values: list[float]) -> float | None:
 
 
 def _terminal_summary(
-    groups: dict[str, list[Result]], summary: list[dict], unfinished: list[dict], metric: str,
+    groups: dict[str, list[Result]], summary: list[dict], not_compared: list[dict], metric: str,
     configurations: list[Configuration],
 ) -> str:
     parts = [f"ranked by {metric}"]
@@ -480,9 +537,8 @@ def _terminal_summary(
         parts += [name, _summary_markdown([row for row in summary if row["group"] == name])]
     if any(len(configuration.members) > 1 for configuration in configurations):
         parts += ["configurations over seeds (mean ± std [min – max])", _configurations_markdown(configurations)]
-    if unfinished:
-        parts.append("not compared: " + "; ".join(
-            f"{row['folder']} ({row['state']}, missing {row['missing']})" for row in unfinished))
+    if not_compared:
+        parts += ["not compared (also in not_compared.csv):", *map(_not_compared_text, not_compared)]
     return "\n".join(parts)
 
 

@@ -1,75 +1,149 @@
 """Test-set metrics: the study's columns plus the uncertainty it did not report.
 
-Every function returns plain Python numbers so the result can go straight into metrics.json;
-an undefined value (e.g. ROC-AUC of a class with no positives) is ``None``, never NaN.
+Each figure is declared once, in METRICS: compute_metrics computes it, the classification report
+prints it, and compare ranks by it and tabulates it. Every function returns plain Python numbers so
+the result can go straight into metrics.json; an undefined value (e.g. ROC-AUC of a class with no
+positives) is ``None``, never NaN. scikit-learn is imported where it is used: it takes seconds to
+load, and the command line reads METRICS for `compare --metric` before any command runs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import (
-    cohen_kappa_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 CLIP = 1e-7  # Keras clips probabilities to [1e-7, 1 - 1e-7] in categorical cross-entropy
-LOWER_IS_BETTER = ("loss", "ece")
-RANKABLE = (
-    "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_precision",
-    "macro_recall", "weighted_precision", "weighted_recall", "cohen_kappa", "roc_auc_macro",
-    *LOWER_IS_BETTER,
+BOOTSTRAP_RESAMPLES = 1000
+# metrics.json's ci95.resamples is read back (compare recomputes each run): 10**9 would ask for 596 GiB;
+# 10000 resamples of 394 images take about 150 MB
+MAX_BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAPPED = ("accuracy", "macro_f1")  # the metrics ci95 holds a 95 % interval for
+
+
+class Prediction:
+    """One prediction set, with the per-class scores several metrics share computed once."""
+
+    def __init__(self, y_true: np.ndarray, probs: np.ndarray, n_classes: int):
+        self.y_true = np.asarray(y_true, dtype=np.int64)
+        self.probs = np.asarray(probs, dtype=np.float64)
+        n = len(self.y_true)
+        if n == 0 or self.probs.shape != (n, n_classes):
+            raise ValueError(f"need N > 0 labels and (N, {n_classes}) probabilities, got {self.probs.shape}")
+        self.y_pred = self.probs.argmax(axis=1)
+        self.labels = list(range(n_classes))  # fixed label set so classes absent from the data still count
+
+    @functools.cached_property
+    def per_class(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Precision, recall, F1 and support of each class."""
+        from sklearn.metrics import precision_recall_fscore_support
+
+        return precision_recall_fscore_support(self.y_true, self.y_pred, labels=self.labels, zero_division=0)
+
+    @functools.cached_property
+    def aucs(self) -> list[float | None]:
+        """One-vs-rest ROC-AUC of each class."""
+        return [_one_vs_rest_auc(self.y_true == k, self.probs[:, k]) for k in self.labels]
+
+    def average(self, average: str) -> dict:
+        from sklearn.metrics import precision_recall_fscore_support
+
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            self.y_true, self.y_pred, labels=self.labels, average=average, zero_division=0)
+        return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                "support": len(self.y_true)}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure of a prediction set, and how the report and compare's tables show it."""
+
+    name: str  # summary.csv column and `compare --metric` choice
+    label: str  # column heading of the comparison tables
+    title: str  # its line in classification_report.txt and in `compare --metric` help
+    # None: computed with a table (the averages) or by evaluation on a subset, and only read here, from `path`
+    compute: Callable[[Prediction], float | None] | None
+    path: tuple[str, ...] = ()  # where metrics.json holds it; () means (name,)
+    higher_is_better: bool = True
+    report_line: bool = True  # False: classification_report.txt shows it elsewhere (sklearn's table, a section)
+
+    @property
+    def choice_help(self) -> str:
+        """E.g. 'loss = loss (cross-entropy), lower is better', for `compare --metric` help."""
+        meaning = "" if self.title.lower() == self.name.replace("_", " ") else f" = {self.title}"
+        return self.name + meaning + ("" if self.higher_is_better else ", lower is better")
+
+    def value(self, metrics: dict) -> float | None:
+        """This metric in a metrics.json dict; None where it is absent (e.g. no leak-free subset was scored)."""
+        node = metrics
+        for key in self.path or (self.name,):
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        return node
+
+
+def _balanced_accuracy(prediction: Prediction) -> float:
+    _, recall, _, support = prediction.per_class
+    return float(recall[support > 0].mean())  # sklearn's definition: mean recall over the classes present
+
+
+def _cohen_kappa(prediction: Prediction) -> float | None:
+    from sklearn.metrics import cohen_kappa_score
+
+    return _finite_or_none(cohen_kappa_score(prediction.y_true, prediction.y_pred, labels=prediction.labels))
+
+
+def _roc_auc_macro(prediction: Prediction) -> float | None:
+    defined = [auc for auc in prediction.aucs if auc is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+METRICS = (
+    Metric("accuracy", "accuracy", "accuracy", lambda p: float(np.mean(p.y_true == p.y_pred)), report_line=False),
+    *(Metric(f"{average}_{stat}", f"{average} {short}", f"{average} {title}", None, (f"{average}_avg", stat),
+             report_line=False)
+      for average in ("macro", "weighted")
+      for stat, short, title in (("precision", "P", "precision"), ("recall", "R", "recall"), ("f1", "F1", "F1"))),
+    Metric("loss", "loss", "loss (cross-entropy)", lambda p: cross_entropy(p.y_true, p.probs),
+           higher_is_better=False),
+    Metric("balanced_accuracy", "bal. acc.", "balanced accuracy", _balanced_accuracy),
+    Metric("cohen_kappa", "kappa", "Cohen's kappa", _cohen_kappa),
+    Metric("roc_auc_macro", "ROC-AUC", "ROC-AUC (macro, one-vs-rest)", _roc_auc_macro),
+    Metric("ece", "ECE", "ECE (15 bins)", lambda p: expected_calibration_error(p.y_true, p.probs),
+           higher_is_better=False),
+    Metric("leak_free", "leak-free acc.", "leak-free accuracy (test images without a Training twin)", None,
+           ("leak_free", "accuracy"), report_line=False),
 )
+METRIC = {metric.name: metric for metric in METRICS}
 
 
 def compute_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], seed: int = 0,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = BOOTSTRAP_RESAMPLES,
 ) -> dict:
-    """All metrics of one prediction set: ``y_true`` class indices (N,), ``probs`` (N, C)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    probs = np.asarray(probs, dtype=np.float64)
-    n, n_classes = len(y_true), len(classes)
-    if n == 0 or probs.shape != (n, n_classes):
-        raise ValueError(f"need N > 0 labels and (N, {n_classes}) probabilities, got {probs.shape}")
-    y_pred = probs.argmax(axis=1)
-    labels = list(range(n_classes))  # fixed label set so classes absent from the data still count
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    aucs = [_one_vs_rest_auc(y_true == k, probs[:, k]) for k in labels]
-    defined_aucs = [a for a in aucs if a is not None]
+    """Every computed metric of one prediction set, ``y_true`` class indices (N,), ``probs`` (N, C), and its tables."""
+    if not 1 <= n_bootstrap <= MAX_BOOTSTRAP_RESAMPLES:  # before any work: the resamples take N * n_bootstrap memory
+        raise ValueError(f"{n_bootstrap} bootstrap resamples asked for, outside 1 to {MAX_BOOTSTRAP_RESAMPLES}")
+    prediction = Prediction(y_true, probs, len(classes))
+    precision, recall, f1, support = prediction.per_class
     return {
-        "n": n,
+        "n": len(prediction.y_true),
         "classes": list(classes),
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "loss": cross_entropy(y_true, probs),
-        # sklearn's definition: mean recall over the classes present in y_true
-        "balanced_accuracy": float(recall[support > 0].mean()),
-        "cohen_kappa": _finite_or_none(cohen_kappa_score(y_true, y_pred, labels=labels)),
-        "ece": expected_calibration_error(y_true, probs),
-        "roc_auc_macro": float(np.mean(defined_aucs)) if defined_aucs else None,
+        **{metric.name: metric.compute(prediction) for metric in METRICS if metric.compute},
         "per_class": {
             name: {"precision": float(precision[k]), "recall": float(recall[k]),
-                   "f1": float(f1[k]), "support": int(support[k]), "roc_auc": aucs[k]}
+                   "f1": float(f1[k]), "support": int(support[k]), "roc_auc": prediction.aucs[k]}
             for k, name in enumerate(classes)
         },
-        "macro_avg": _average(y_true, y_pred, labels, "macro"),
-        "weighted_avg": _average(y_true, y_pred, labels, "weighted"),
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "ci95": bootstrap_ci(y_true, y_pred, n_classes, seed, n_bootstrap),
+        "macro_avg": prediction.average("macro"),
+        "weighted_avg": prediction.average("weighted"),
+        "confusion_matrix": _confusion_matrix(prediction),
+        "ci95": bootstrap_ci(prediction.y_true, prediction.y_pred, len(classes), seed, n_bootstrap),
     }
-
-
-def metric_value(metrics: dict, name: str) -> float | None:
-    """Look up a RANKABLE name, e.g. 'loss' or 'macro_f1' (= metrics['macro_avg']['f1'])."""
-    average, _, stat = name.partition("_")
-    if average in ("macro", "weighted"):
-        return metrics[f"{average}_avg"][stat]
-    return metrics[name]
 
 
 def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -110,9 +184,8 @@ def bootstrap_ci(
         (offset + pred).ravel())
     f1 = np.divide(2 * true_positives, denominator, out=np.zeros(denominator.shape),
                    where=denominator > 0)
-    return {"accuracy": _percentile_interval(hit.mean(axis=1)),
-            "macro_f1": _percentile_interval(f1.mean(axis=1)),
-            "resamples": n_bootstrap, "seed": seed}
+    accuracy, macro_f1 = _percentile_interval(hit.mean(axis=1)), _percentile_interval(f1.mean(axis=1))
+    return {**dict(zip(BOOTSTRAPPED, (accuracy, macro_f1), strict=True)), "resamples": n_bootstrap, "seed": seed}
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -131,14 +204,15 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"b": b, "c": c, "p_value": p_value}
 
 
-def _average(y_true: np.ndarray, y_pred: np.ndarray, labels: list[int], average: str) -> dict:
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=average, zero_division=0)
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-            "support": len(y_true)}
+def _confusion_matrix(prediction: Prediction) -> list[list[int]]:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(prediction.y_true, prediction.y_pred, labels=prediction.labels).tolist()
 
 
 def _one_vs_rest_auc(is_positive: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
     if is_positive.all() or not is_positive.any():
         return None  # undefined without both positives and negatives
     return float(roc_auc_score(is_positive, scores))

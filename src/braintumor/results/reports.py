@@ -12,10 +12,10 @@ import numpy as np
 from sklearn.metrics import classification_report
 
 from braintumor.core.atomic import atomic_output, write_json, write_text
-from braintumor.core.errors import UserError
+from braintumor.core.errors import UserError, describe
 from braintumor.core.run import Reports
 from braintumor.results.cells import csv_escape, csv_unescape
-from braintumor.results.metrics import compute_metrics
+from braintumor.results.metrics import BOOTSTRAPPED, METRIC, METRICS, compute_metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
@@ -83,8 +83,8 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, lis
         _check([classes[k] for k in probs.argmax(axis=1)] == [row[2] for row in rows],
                "'predicted' is not the most probable class")
     except (OSError, UnicodeDecodeError, csv.Error, ValueError, KeyError) as err:
-        raise UserError(f"{path}: corrupt predictions file ({err}); "
-                        "re-create it with `braintumor evaluate --run RUN_DIR`") from err
+        raise UserError(f"{path}: corrupt predictions file ({describe(err)}); "
+                        "run the command that wrote it again (train or evaluate)") from err
     return files, y_true, probs, classes
 
 
@@ -129,21 +129,23 @@ def plot_curves(history_csv: Path, out_png: Path) -> None:
 def _classification_report(
     y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], metrics: dict,
 ) -> str:
+    """sklearn's per-class table, a line per other metric, the bootstrap intervals, the TTA / leak-free parts."""
     table = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes,
                                   digits=4, zero_division=0)
-    ci, kappa = metrics["ci95"], metrics["cohen_kappa"]
-    low, high = ci["accuracy"]
-    return (f"{table}\n"
-            f"loss (cross-entropy)  {metrics['loss']:.4f}\n"
-            f"balanced accuracy     {metrics['balanced_accuracy']:.4f}\n"
-            f"Cohen's kappa         {'undefined' if kappa is None else f'{kappa:.4f}'}\n"
-            f"ECE (15 bins)         {metrics['ece']:.4f}\n"
-            f"accuracy 95% CI       [{low:.4f}, {high:.4f}] "
-            f"(bootstrap, {ci['resamples']} resamples, seed {ci['seed']})\n"
+    ci = metrics["ci95"]
+    lines = [(metric.title, _figure(metric.value(metrics))) for metric in METRICS if metric.report_line]
+    lines += [(f"{METRIC[name].title} 95% CI", f"[{ci[name][0]:.4f}, {ci[name][1]:.4f}] "
+               f"(bootstrap, {ci['resamples']} resamples, seed {ci['seed']})") for name in BOOTSTRAPPED]
+    width = max(len(title) for title, _ in lines) + 2
+    return (f"{table}\n" + "".join(f"{title:<{width}}{figure}\n" for title, figure in lines)
             + "".join(_subset_report(title, metrics[key], classes) for key, title in (
                 ("tta", "With horizontal-flip test-time augmentation, the mean of each image and its mirror"),
                 ("leak_free", "Leak-free subset, the test images without an exact or near duplicate in Training"),
             ) if key in metrics))
+
+
+def _figure(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 def _subset_report(title: str, metrics: dict, classes: Sequence[str]) -> str:

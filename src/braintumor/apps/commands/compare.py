@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from braintumor.results.metrics import METRICS
+
 HELP = "side-by-side tables of all runs under a folder (a sweep folder too)"
 DESCRIPTION = ("Rank the completed runs under OUTPUTS_DIR (only runs scored on the same test files against each "
                "other) with bootstrap intervals and McNemar tests; runs that differ only in seed are pooled into "
@@ -14,9 +16,8 @@ DESCRIPTION = ("Rank the completed runs under OUTPUTS_DIR (only runs scored on t
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("outputs", metavar="OUTPUTS_DIR",
                         help="folder holding run folders, e.g. outputs/ or a sweep folder")
-    parser.add_argument("--metric", default="accuracy",
-                        help="rank runs by this metric (e.g. accuracy, macro_f1, balanced_accuracy, loss, "
-                             "leak_free: leak-free accuracy)")
+    parser.add_argument("--metric", default="accuracy", metavar="NAME",
+                        help="rank runs by one of: " + "; ".join(metric.choice_help for metric in METRICS))
     parser.add_argument("--out", metavar="DIR", help="output folder (default: OUTPUTS_DIR/comparison-<time>)")
     parser.add_argument("--include-eval", action="store_true", help="also compare results under RUN_DIR/eval/")
     parser.add_argument("--study", action="store_true",
