@@ -154,7 +154,7 @@ def feature_cache(plan: Plan, source: Path, work: Path) -> dict:
     """(1) cached vs naive frozen-backbone training of configs/vgg16_features.yaml, equal epochs."""
     root = _subset(source, work / "features-data", plan.feature_every)
     overrides = (f"train.epochs={plan.feature_epochs}", "train.early_stopping_patience=0")
-    naive_cfg = _config("vgg16_features", work, root, plan.feature_size, *overrides, "train.feature_cache=false")
+    naive_cfg = _config("vgg16_features", work, root, plan.feature_size, *overrides, "train.prefix_cache=false")
     cached_cfg = _config("vgg16_features", work, root, plan.feature_size, *overrides)
     dataset = data.load_dataset(cached_cfg)  # decode once here, so both runs read the decoded-image cache
     _say(f"(1) naive frozen-backbone run: {plan.feature_epochs} epochs at {plan.feature_size} px ...")
@@ -360,7 +360,7 @@ def _prefix_timing(backbone: str, size: int, root: Path, work: Path, steps: int)
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_model(cfg.model, size, len(dataset.classes))
-    where = prefix_cache.split(cfg, model)
+    where = prefix_cache.cut_model(cfg, model)
     cache_dir = work / f"prefix-cache-{backbone}-{size}"
     start = time.perf_counter()
     cached = prefix_cache.cached_outputs(where, images, cache_dir, "training")
@@ -432,7 +432,7 @@ def end_to_end(plan: Plan, source: Path, work: Path) -> dict:
                  f"data.cache_dir={work / 'e2e-cache'}")
     result = {}
     for side, switch in (("naive", "false"), ("cached", "true")):
-        cfg = _config("vgg16_adam", work, root, 128, *overrides, f"train.feature_cache={switch}")
+        cfg = _config("vgg16_adam", work, root, 128, *overrides, f"train.prefix_cache={switch}")
         if side == "naive":
             dataset = data.load_dataset(cfg)  # decode once here, so both runs read the decoded-image cache
         _say(f"(7) vgg16_adam at 128 px, {plan.e2e_epochs} epochs, {side} ...")

@@ -277,3 +277,27 @@ def test_errors_quote_long_values_cut_short(raw, overrides):
     with pytest.raises(UserError) as err:
         parse_config(raw, "test", overrides)
     assert len(str(err.value)) < 400 and "..." in str(err.value)
+
+
+def test_the_old_key_train_feature_cache_is_read_as_train_prefix_cache_with_a_one_line_notice(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("train:\n  feature_cache: false\n")
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "train.feature_cache is now train.prefix_cache" in line] == [
+        f"warning: {path}: train.feature_cache is now train.prefix_cache; the old name still works, but rename it"]
+    assert load_config(path).train.prefix_cache is False
+    assert parse_config({}, "test", ["train.feature_cache=false"]).train.prefix_cache is False
+    assert parse_config({}, "test").train.prefix_cache is True
+
+
+@pytest.mark.parametrize("content, overrides", [
+    ("train:\n  feature_cache: false\n  prefix_cache: true\n", []),
+    ("train:\n  prefix_cache: true\n", ["--set", "train.feature_cache=false"]),
+])
+def test_setting_both_the_old_and_the_new_key_is_a_one_line_error(tmp_path, capsys, content, overrides):
+    path = tmp_path / "both.yaml"
+    path.write_text(content)
+    assert main(["validate", str(path), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "train.feature_cache and train.prefix_cache are both set" in err and len(err.strip().splitlines()) == 1

@@ -66,15 +66,14 @@ def _flip_one_pixel(path: Path) -> None:  # still a valid .npy of the right shap
 
 
 @pytest.mark.parametrize("damage, target", [
-    (_zero, "images.npy"), (_truncate, "images.npy"), (_garbage, "images.npy"), (_short, "images.npy"),
-    (_flip_one_pixel, "images.npy"), (_zero, "index.json"), (lambda p: p.unlink(), "index.json"),
-    (lambda p: p.unlink(), "images.npy"),
+    (_zero, ".npy"), (_truncate, ".npy"), (_garbage, ".npy"), (_short, ".npy"), (_flip_one_pixel, ".npy"),
+    (_zero, ".json"), (lambda p: p.unlink(), ".json"), (lambda p: p.unlink(), ".npy"),
 ])
 def test_a_damaged_image_cache_is_reported_deleted_and_rebuilt(root, tmp_path, caplog, damage, target):
     cache = tmp_path / "cache"
     first = load_dataset(_config(root, cache))
-    for folder in cache.glob("decoded-*"):
-        damage(folder / target)
+    for array in cache.glob("decoded-*.npy"):  # each with its sidecar, decoded-*.json
+        damage(array.with_suffix(target))
     caplog.set_level(logging.WARNING, logger="braintumor")
     again = load_dataset(_config(root, cache))
     damaged = [m for m in _warnings(caplog) if "image cache" in m and "damaged" in m]

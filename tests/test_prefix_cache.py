@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from braintumor.core import cache
 from braintumor.core.config import Config, parse_config
 from braintumor.core.logs import setup_console
 from braintumor.core.run import CHECKPOINTS, Run
@@ -88,18 +89,18 @@ def runs(tmp_path_factory, synth_root) -> dict:
     """Feature extraction and fine-tuning, each naive and then cached; feature extraction cached once more (hit)."""
     base = tmp_path_factory.mktemp("prefix")
     result = {"base": base}
-    result["naive"], result["naive_log"] = _run(_config(synth_root, base, feature_cache=False))
+    result["naive"], result["naive_log"] = _run(_config(synth_root, base, prefix_cache=False))
     result["cached"], result["cached_log"] = _run(_config(synth_root, base))
     result["files_after_first"] = _cache_files(base)
     result["again"], result["again_log"] = _run(_config(synth_root, base))
     result["files_after_again"] = _cache_files(base)
-    result["tune_naive"], result["tune_naive_log"] = _run(_config(synth_root, base, "fine-tune", feature_cache=False))
+    result["tune_naive"], result["tune_naive_log"] = _run(_config(synth_root, base, "fine-tune", prefix_cache=False))
     result["tune_cached"], result["tune_cached_log"] = _run(_config(synth_root, base, "fine-tune"))
     return result
 
 
 def test_fine_tune_on_the_cached_prefix_equals_the_naive_fine_tune(runs):
-    assert "prefix cache: off (train.feature_cache is false)" in runs["tune_naive_log"]
+    assert "prefix cache: off (train.prefix_cache is false)" in runs["tune_naive_log"]
     assert "prefix cache: on at vgg16/block4_pool" in runs["tune_cached_log"]
     assert "prefix cache: miss for the 96 training images" in runs["tune_cached_log"]  # 48 + 48 augmented copies
     _assert_same_results(runs["tune_cached"], runs["tune_naive"], atol=1e-4)
@@ -116,7 +117,7 @@ def test_fine_tune_on_the_cached_prefix_equals_the_naive_fine_tune(runs):
 
 
 def test_feature_extraction_is_the_special_case_cut_after_pooling(runs):
-    assert "prefix cache: off (train.feature_cache is false)" in runs["naive_log"]
+    assert "prefix cache: off (train.prefix_cache is false)" in runs["naive_log"]
     assert "prefix cache: on: the frozen backbone runs once" in runs["cached_log"]
     assert "prefix cache: miss for the 16 validation images" in runs["cached_log"]
     _assert_same_results(runs["cached"], runs["naive"], atol=1e-4)
@@ -137,12 +138,38 @@ def test_changed_offline_augmentation_misses_for_training_only(runs, synth_root)
     assert "prefix cache: hit for the 16 validation images" in log
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "no sidecar"])
+def test_every_cache_file_is_written_the_one_checksummed_way(runs):
+    """The decoded images, the signatures (leak-free metrics) and the prefix outputs: each file has its sidecar with
+    the SHA-256 of its bytes, and no temp file is left."""
+    folder = runs["base"] / "cache"
+    files = sorted(p for p in folder.iterdir() if p.suffix != ".json")
+    assert {p.name.partition("-")[0] for p in files} == {"decoded", "signatures.npz", "prefix"}
+    for path in files:
+        assert json.loads(cache.sidecar(path).read_text())["sha256"] == cache.file_sha256(path)
+    assert sorted(p.name for p in folder.glob("*.json")) == sorted(cache.sidecar(p).name for p in files)
+    assert not list(folder.glob(".*"))
+
+
+def test_an_unwritable_cache_folder_warns_once_and_trains_the_same_without_caching(runs, synth_root, tmp_path):
+    """A file in the way of data.cache_dir: the decoded images and the prefix outputs stay in memory."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = _config(synth_root, runs["base"])
+    cfg.data.cache_dir = str(blocker / "cache")
+    run_dir, log = _run(cfg)
+    assert log.count("cannot write the cache") == 1 and "continuing without caching" in log
+    assert "prefix cache: on: the frozen backbone runs once" in log
+    assert "prefix cache: miss for the 96 training images" in log and "prefix cache: hit" not in log
+    _assert_same_results(run_dir, runs["cached"], atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "garbage", "no sidecar", "sidecar only"])
 def test_damaged_cache_file_is_reported_deleted_and_rebuilt(runs, synth_root, tmp_path, damage):
     cfg = _config(synth_root, runs["base"])
     cfg.data.cache_dir = str(tmp_path / "cache")
     model = build_model(cfg.model, 32, 4)
-    where = prefix_cache.split(cfg, model)
+    where = prefix_cache.cut_model(cfg, model)
     images = load_dataset(cfg).val.images
     with _messages():
         first = np.array(prefix_cache.cached_outputs(where, images, tmp_path / "cache", "validation"))
@@ -155,13 +182,21 @@ def test_damaged_cache_file_is_reported_deleted_and_rebuilt(runs, synth_root, tm
             byte = handle.read(1)
             handle.seek(-7, os.SEEK_END)
             handle.write(bytes([byte[0] ^ 0xFF]))
+    elif damage == "garbage":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, path.stat().st_size, dtype=np.uint8).tobytes())
+    elif damage == "no sidecar":
+        cache.sidecar(path).unlink()
     else:
-        path.with_suffix(".json").unlink()
+        path.unlink()
     with _messages() as out:
         again = np.array(prefix_cache.cached_outputs(where, images, tmp_path / "cache", "validation"))
     log = out.getvalue()
     assert log.count(f"prefix cache: {path} is damaged or incomplete") == 1 and "prefix cache: miss" in log
+    assert len(log.splitlines()) == 2  # the warning and the miss, one line each
     np.testing.assert_array_equal(again, first)
+    folder = tmp_path / "cache"
+    assert sorted(p.name for p in folder.glob("prefix-*")) == sorted([path.name, cache.sidecar(path).name])
+    assert not list(folder.glob(".*"))
     with _messages() as out:
         prefix_cache.cached_outputs(where, images, tmp_path / "cache", "validation")
     assert "prefix cache: hit" in out.getvalue()
@@ -171,7 +206,7 @@ def test_mixed_bfloat16_outputs_are_cached_in_bfloat16(synth_root, tmp_path):
     cfg = _config(synth_root, tmp_path, "fine-tune")
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
-        where = prefix_cache.split(cfg, build_model(cfg.model, 32, 4))
+        where = prefix_cache.cut_model(cfg, build_model(cfg.model, 32, 4))
         images = load_dataset(cfg).val.images
         with _messages():
             cached = prefix_cache.cached_outputs(where, images, tmp_path / "cache", "validation")
@@ -191,7 +226,7 @@ def test_online_augmentation_full_mode_and_the_switch_turn_the_cache_off(synth_r
     assert not prefix_cache.applies(cfg)
     cfg.augmentation.mode, cfg.model.mode = "offline", "full"
     assert not prefix_cache.applies(cfg)
-    cfg.model.mode, cfg.train.feature_cache = "fine-tune", False
+    cfg.model.mode, cfg.train.prefix_cache = "fine-tune", False
     assert not prefix_cache.applies(cfg)
 
 
@@ -204,7 +239,7 @@ def test_prefix_then_suffix_equals_the_whole_model(synth_root, tmp_path, backbon
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model, size, 4)
     with _messages():
-        where = prefix_cache.split(cfg, model)
+        where = prefix_cache.cut_model(cfg, model)
     assert where.boundary.endswith(f"/{boundary}")
     assert {layer.name for layer in where.suffix.layers} >= {"pool", "head"}
     trainable = {id(v) for v in model.trainable_variables}
@@ -217,7 +252,7 @@ def test_prefix_then_suffix_equals_the_whole_model(synth_root, tmp_path, backbon
     if backbone != "vgg16":  # a boundary inside a residual block / an Inception module: naive path, and why
         cfg.model.fine_tune_after = {"resnet50": "conv5_block1_1_conv", "inceptionv3": "mixed9_0"}[backbone]
         with _messages() as out:
-            cut = prefix_cache.split(cfg, model)
+            cut = prefix_cache.cut_model(cfg, model)
         assert cut.suffix is None and "cuts through a skip connection" in cut.reason
         assert "prefix cache: off (model.fine_tune_after" in out.getvalue()
 

@@ -21,8 +21,13 @@ import yaml
 from braintumor.core.atomic import write_text
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.errors import UserError, clip, describe, shown
+from braintumor.core.logs import get_logger
+
+log = get_logger(__name__)
 
 SYNTHETIC_ROOT = "data/synthetic"  # the quickstart's folder, relative to the current folder
+# old key paths still accepted, with a one-line notice: old -> new
+RENAMED_KEYS = {"train.feature_cache": "train.prefix_cache"}
 # keys whose YAML `null` means the string "none"; a null anywhere else (not an Optional key) is an error
 NULL_MEANS_NONE = frozenset({"model.weights"})
 
@@ -138,8 +143,9 @@ class TrainConfig:
     class_weight: Literal["none", "balanced"] = "none"
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     xla: Literal["auto", "on", "off"] = "auto"
-    # feature-extraction without online augmentation: run the frozen backbone once, cache its outputs, train the head
-    feature_cache: bool = True
+    # fine-tune and feature-extraction without online augmentation: run the frozen prefix once, cache its outputs,
+    # train only the layers after it (engine/prefix_cache.py)
+    prefix_cache: bool = True
     # mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or `devices`); batch_size is the global batch
     distribution: Literal["none", "mirrored"] = "none"
     devices: list[str] | None = None  # mirrored only: e.g. ["/gpu:0", "/gpu:1"]; null: every visible GPU
@@ -220,6 +226,7 @@ def _build(cls: type, raw: Any, path: str, source: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{source}: {path.rstrip('.') or 'the file'} must be a mapping of keys, got {shown(raw)}")
+    raw = _renamed(raw, path, source)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
@@ -232,6 +239,21 @@ def _build(cls: type, raw: Any, path: str, source: str) -> Any:
     if hasattr(obj, "validate"):
         obj.validate(_Check(source, path, obj))
     return obj
+
+
+def _renamed(raw: dict, path: str, source: str) -> dict:
+    """`raw` with the old names of renamed keys (RENAMED_KEYS) replaced by the new ones, each with a notice."""
+    for key in list(raw):
+        new = RENAMED_KEYS.get(f"{path}{key}")
+        if new is None:
+            continue
+        new_key = new.rpartition(".")[2]
+        if new_key in raw:
+            raise UserError(f"{source}: {path}{key} and {new} are both set; {path}{key} is the old name of {new}, "
+                            f"so keep {new} only")
+        log.warning(f"{source}: {path}{key} is now {new}; the old name still works, but rename it")
+        raw = {new_key if each == key else each: value for each, value in raw.items()}
+    return raw
 
 
 def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:

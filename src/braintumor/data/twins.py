@@ -5,10 +5,8 @@ leak-free metrics.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +17,9 @@ from PIL import Image
 from scipy.fft import dctn
 from tqdm import tqdm
 
-from braintumor.core.atomic import atomic_output
+from braintumor.core import cache
 from braintumor.core.errors import describe
 from braintumor.core.logs import get_logger
-from braintumor.data.decode import warn_cache_unwritable
 from braintumor.data.pixels import UNREADABLE, open_image, to_8bit
 
 log = get_logger(__name__)
@@ -104,42 +101,25 @@ def _cache_key(path: Path) -> str:
     return f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}"
 
 
-def _checksum(columns: dict[str, np.ndarray]) -> str:
-    """Content hash of the cached arrays (names, dtypes, shapes, bytes), stored with them and checked on load."""
-    digest = hashlib.sha256()
-    for name in sorted(columns):
-        array = np.ascontiguousarray(columns[name])
-        digest.update(f"{name}\t{array.dtype.str}\t{array.shape}\n".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def _load_cache(cache_file: Path | None) -> dict[str, tuple]:
-    """Cached rows by key; a damaged file (truncated, zeroed, garbage, edited) is reported, deleted and rebuilt."""
-    if cache_file is None or not cache_file.is_file():
+    """Cached rows by key; a damaged file is reported, deleted and rebuilt (core/cache.py)."""
+    if cache_file is None or cache.verified(cache_file, "signature cache") is None:
         return {}
-    try:
-        with np.load(cache_file, allow_pickle=False) as saved:
-            columns = {name: saved[name] for name in ("keys", *FIELDS)}
-            if str(saved["checksum"]) != _checksum(columns):
-                raise ValueError("content does not match its checksum")
-        return dict(zip(columns["keys"].tolist(), zip(*(columns[n] for n in FIELDS), strict=True), strict=True))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        log.warning(f"signature cache {cache_file} is damaged ({describe(err)}); "
-                    "deleting it and reading the images again")
-        with contextlib.suppress(OSError):  # a read-only folder: the rebuilt rows just are not saved
-            cache_file.unlink(missing_ok=True)
-        return {}
+    with np.load(cache_file, allow_pickle=False) as saved:
+        columns = {name: saved[name] for name in ("keys", *FIELDS)}
+    return dict(zip(columns["keys"].tolist(), zip(*(columns[n] for n in FIELDS), strict=True), strict=True))
 
 
 def _save_cache(cache_file: Path, rows: dict[str, tuple]) -> None:
     columns = {"keys": np.array(list(rows)),
                **{name: np.array([row[i] for row in rows.values()]) for i, name in enumerate(FIELDS)}}
-    try:
-        with atomic_output(cache_file) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, checksum=np.array(_checksum(columns)), **columns)
-    except OSError as err:  # a read-only or full cache folder only costs speed
-        warn_cache_unwritable(cache_file.parent, err)
+
+    def fill(tmp: Path) -> dict:
+        with open(tmp, "wb") as handle:  # a path would get ".npz" appended
+            np.savez(handle, **columns)
+        return {}
+
+    cache.write(cache_file, fill)
 
 
 def compute_signatures(files: Sequence[Path], cache_dir: Path | None = None) -> Signatures:

@@ -17,8 +17,9 @@ change.
   output and the suffix is the head alone.
 
 Cache files are memory-mapped .npy in the compute dtype (bfloat16 stored as its raw 16 bits), so
-RAM use stays at one batch; each has a JSON sidecar with shape, dtype and CRC-32, checked on every
-load: a truncated or corrupt file is reported, deleted and built again, never read. The key hashes
+RAM use stays at one batch; they are written and verified as every cache is (core/cache.py: SHA-256
+checked on every load, a damaged file reported, deleted and built again, never read; an unwritable
+cache folder warns once, and the outputs are then held in memory for this run). The key hashes
 by value everything the prefix's outputs depend on: its weights (ImageNet, a weights file, or the
 seeded random init), every prefix layer's config (backbone, boundary, preprocessing), the dtype
 policy, and the image array's bytes in order (file list and content, image size, decoding, the
@@ -27,10 +28,10 @@ validation split, offline augmentation's seed and parameters), plus the library 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from braintumor.core.atomic import write_json
+from braintumor.core import cache
 from braintumor.core.config import Config
-from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.data import augment
 from braintumor.models.facts import backbone_of, fine_tune_after
@@ -49,13 +49,12 @@ from braintumor.models.keras_internals import call_arguments, layer_calls
 
 log = get_logger(__name__)
 
-FORMAT_VERSION = 2  # bump when the extraction or the file format changes, to invalidate caches
+FORMAT_VERSION = 3  # bump when the extraction or the file format changes, to invalidate caches
 EXTRACT_BATCH = 64
-CHECKSUM_CHUNK_BYTES = 64 << 20
 
 
 @dataclass
-class Split:
+class Cut:
     """Where fit's model starts: `suffix` is None when fit trains the whole model."""
 
     reason: str  # one line for the log and env.json
@@ -70,26 +69,26 @@ def _config_reason(cfg: Config) -> str | None:
         return "full mode trains every layer"
     if cfg.augmentation.enabled and cfg.augmentation.mode == "online":
         return "online augmentation changes the images every epoch"
-    if not cfg.train.feature_cache:
-        return "train.feature_cache is false"
+    if not cfg.train.prefix_cache:
+        return "train.prefix_cache is false"
     return None
 
 
 def applies(cfg: Config) -> bool:
-    """Whether the configuration allows the cache (the model may still rule it out: see `split`)."""
+    """Whether the configuration allows the cache (the model may still rule it out: see `cut_model`)."""
     return _config_reason(cfg) is None
 
 
-def split(cfg: Config, model: keras.Model) -> Split:
+def cut_model(cfg: Config, model: keras.Model) -> Cut:
     """Cut `model` (from models.build) into a frozen prefix and a trainable suffix, where the cache applies."""
     reason = _config_reason(cfg)
     if reason:
-        return _logged(Split(f"off ({reason}); every epoch runs the whole model"))
+        return _logged(Cut(f"off ({reason}); every epoch runs the whole model"))
     if cfg.model.mode == "feature-extraction":
         pooled = model.get_layer("pool").output
         suffix = _rebuild(model, {id(pooled): keras.Input(pooled.shape[1:], name="prefix_outputs")})
-        return _logged(Split("on: the frozen backbone runs once, then only the head trains", "pool",
-                             keras.Model(model.inputs, pooled, name="prefix"), suffix))
+        return _logged(Cut("on: the frozen backbone runs once, then only the head trains", "pool",
+                           keras.Model(model.inputs, pooled, name="prefix"), suffix))
     backbone = backbone_of(model)
     name = fine_tune_after(cfg.model, backbone)
     boundary = f"{backbone.name}/{name}"
@@ -97,9 +96,9 @@ def split(cfg: Config, model: keras.Model) -> Split:
     after = keras.Input(inner.shape[1:], name="boundary")
     tensors, cut = _replay(backbone, {id(inner): after})
     if cut or id(backbone.outputs[0]) not in tensors:
-        return _logged(Split(f"off (model.fine_tune_after {name!r} cuts through a skip connection: "
-                             f"{cut or 'the backbone output'} also needs a tensor from before it); every epoch runs "
-                             "the whole model", boundary))
+        return _logged(Cut(f"off (model.fine_tune_after {name!r} cuts through a skip connection: "
+                           f"{cut or 'the backbone output'} also needs a tensor from before it); every epoch runs "
+                           "the whole model", boundary))
     after_part = keras.Model(after, tensors[id(backbone.outputs[0])], name=f"{backbone.name}_after_{name}")
     before_part = keras.Model(backbone.inputs, inner, name=f"{backbone.name}_to_{name}")
     call = next(node for node in layer_calls(model) if node.operation is backbone)
@@ -108,11 +107,11 @@ def split(cfg: Config, model: keras.Model) -> Split:
     prefix = keras.Model(image, prefix_tensors[id(call.outputs[0])], name="prefix")
     suffix = _rebuild(model, {id(call.input_tensors[0]): keras.Input(inner.shape[1:], name="prefix_outputs")},
                       swap={backbone: after_part})
-    return _logged(Split(f"on at {boundary}: the frozen part runs once, then only the layers after it train",
-                         boundary, prefix, suffix))
+    return _logged(Cut(f"on at {boundary}: the frozen part runs once, then only the layers after it train",
+                       boundary, prefix, suffix))
 
 
-def _logged(result: Split) -> Split:
+def _logged(result: Cut) -> Cut:
     log.info(f"prefix cache: {result.reason}")
     return result
 
@@ -148,7 +147,7 @@ def _rebuild(model: keras.Model, seeds: dict, swap: dict | None = None) -> keras
     return keras.Model(inputs, tensors[id(model.outputs[0])], name="suffix")
 
 
-def fit_inputs(cfg: Config, where: Split, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,
+def fit_inputs(cfg: Config, where: Cut, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,
                val_labels: np.ndarray, epochs: range) -> tuple[tf.data.Dataset, tf.data.Dataset | tuple]:
     """What fit trains (the batches of every epoch in `epochs`) and validates on: the images, or, where the
     prefix is cached, its cached outputs."""
@@ -179,82 +178,59 @@ def _batches(outputs: np.ndarray, labels: np.ndarray, order: tf.data.Dataset) ->
     return order.map(read).prefetch(2)
 
 
-def cached_outputs(where: Split, images: np.ndarray, cache_dir: Path, desc: str) -> np.ndarray:
-    """The prefix's outputs for `images` (memory-mapped), read from the cache or computed into it."""
+def cached_outputs(where: Cut, images: np.ndarray, cache_dir: Path, desc: str) -> np.ndarray:
+    """The prefix's outputs for `images` (memory-mapped), read from the cache or computed into it; in memory when
+    the cache folder cannot be written."""
     path = cache_dir / f"prefix-{_key(where, images)}.npy"
-    found = _load(path)
-    if found is not None:
+    meta = cache.verified(path, "prefix cache")
+    if meta is not None:
         log.info(f"prefix cache: hit for the {len(images)} {desc} images ({path})")
-        return found
+        return np.load(path, mmap_mode="r").view(tf.as_dtype(meta["dtype"]).as_numpy_dtype)
     log.info(f"prefix cache: miss for the {len(images)} {desc} images: running the part up to {where.boundary} "
              f"once ({path})")
-    try:
-        return _build(where.prefix, images, path, desc)
-    except OSError as err:
-        raise UserError(f"could not write the prefix cache {path} ({err}); free disk space, set data.cache_dir to a "
-                        "writable folder, or set train.feature_cache to false") from err
+    outputs = None
+
+    def fill(tmp: Path) -> dict:
+        nonlocal outputs
+        outputs = _extract(where.prefix, images, desc, lambda shape, storage: _file_array(tmp, shape, storage))
+        outputs.flush()
+        return {"dtype": tf.as_dtype(outputs.dtype).name}
+
+    # a write that fails after the extraction leaves `outputs` mapping a deleted file, which stays readable
+    if not cache.write(path, fill) and outputs is None:
+        outputs = _extract(where.prefix, images, desc, np.empty)
+    return outputs
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_suffix(".json")
+def _file_array(path: Path, shape: tuple, storage: np.dtype) -> np.memmap:
+    """A .npy file mapped into memory, its disk space reserved first where the system can: a full disk is then an
+    OSError here, not a SIGBUS when a page of the map is written."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=storage, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # Linux; not macOS or Windows
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+    return array
 
 
-def _load(path: Path) -> np.ndarray | None:
-    """The cached array, or None when absent; a damaged file is reported in one line and deleted."""
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(_sidecar(path).read_text())
-        stored = np.load(path, mmap_mode="r")
-        if list(stored.shape) != meta["shape"] or stored.dtype.str != meta["storage"]:
-            raise ValueError(f"shape {list(stored.shape)} {stored.dtype.str}, expected {meta['shape']} "
-                             f"{meta['storage']}")
-        if _crc32(stored) != meta["crc32"]:
-            raise ValueError("checksum mismatch")
-        return stored.view(tf.as_dtype(meta["dtype"]).as_numpy_dtype)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning(f"prefix cache: {path} is damaged or incomplete ({err}); deleting it and computing it again")
-        path.unlink(missing_ok=True)
-        _sidecar(path).unlink(missing_ok=True)
-        return None
+def _extract(prefix: keras.Model, images: np.ndarray, desc: str, allocate) -> np.ndarray:
+    """Run `prefix` over `images` in batches into `allocate(shape, storage dtype)`; returns it viewed as the compute
+    dtype (bfloat16 has no .npy type: its raw bits are stored as unsigned integers)."""
+    stored, dtype = None, None
+    for start in tqdm(range(0, len(images), EXTRACT_BATCH), desc=f"prefix outputs, {desc}", unit="batch",
+                      leave=False):
+        out = np.asarray(prefix.predict_on_batch(images[start:start + EXTRACT_BATCH].astype(np.float32)))
+        if stored is None:
+            dtype = out.dtype
+            stored = allocate((len(images), *out.shape[1:]), np.dtype(f"<u{out.itemsize}"))
+        stored[start:start + len(out)] = np.ascontiguousarray(out).view(stored.dtype)
+    return stored.view(dtype)
 
 
-def _crc32(array: np.ndarray) -> int:
-    rows = max(1, CHECKSUM_CHUNK_BYTES // max(1, array[:1].nbytes))
-    crc = 0
-    for start in range(0, len(array), rows):
-        crc = zlib.crc32(np.ascontiguousarray(array[start:start + rows]).data, crc)
-    return crc
-
-
-def _build(prefix: keras.Model, images: np.ndarray, path: Path, desc: str) -> np.ndarray:
-    """Run `prefix` over `images` in batches into a temp sibling of `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    stored, dtype, crc = None, None, 0
-    try:
-        for start in tqdm(range(0, len(images), EXTRACT_BATCH), desc=f"prefix outputs, {desc}", unit="batch",
-                          leave=False):
-            out = np.asarray(prefix.predict_on_batch(images[start:start + EXTRACT_BATCH].astype(np.float32)))
-            if stored is None:  # bfloat16 has no .npy type: its raw bits go in as unsigned integers
-                dtype = out.dtype
-                stored = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(f"<u{out.itemsize}"),
-                                                   shape=(len(images), *out.shape[1:]))
-            raw = np.ascontiguousarray(out).view(stored.dtype)
-            stored[start:start + len(out)] = raw
-            crc = zlib.crc32(raw.data, crc)
-        stored.flush()
-        meta = {"shape": list(stored.shape), "storage": stored.dtype.str, "dtype": tf.as_dtype(dtype).name,
-                "crc32": crc}
-        del stored
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    write_json(_sidecar(path), meta)  # last: a data file without its sidecar counts as incomplete
-    return np.load(path, mmap_mode="r").view(dtype)
-
-
-def _key(where: Split, images: np.ndarray) -> str:
+def _key(where: Cut, images: np.ndarray) -> str:
     prefix = where.prefix
     facts = [FORMAT_VERSION, tf.__version__, keras.__version__, where.boundary, prefix.dtype_policy.name,
              _layer_configs(prefix), list(images.shape), str(images.dtype)]

@@ -199,7 +199,7 @@ def _fit_and_report(cfg: Config, run: Run, prepared: Prepared, state: TrainingSt
     """`restore`: a last checkpoint of the part after a cached prefix to continue from (weights and optimizer)."""
     data, images, labels, model = prepared.data, prepared.images, prepared.labels, prepared.model
     # what fit trains and checkpoints: the whole model, or the part after a cached prefix (sharing its weights)
-    where = prefix_cache.split(cfg, model)
+    where = prefix_cache.cut_model(cfg, model)
     fit_model = model if where.suffix is None else where.suffix
     xla, xla_reason = resolve_xla(fit_model, cfg.train.xla)
     strategy = distribution(cfg.train.distribution, cfg.train.devices)
