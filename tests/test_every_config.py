@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -146,17 +147,22 @@ def _run_export(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
+NOT_THE_GRAPH = ("trainable", "compile_config", "shared_object_id")
+
+
 def _architecture(run_dir: Path) -> str:
-    """model.keras's layer graph without what training alone sets (trainable flags, the optimizer)."""
+    """model.keras's layer graph without what training alone sets (trainable flags, the optimizer) and the
+    object ids Keras writes to mark shared objects."""
     def strip(node):
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k not in ("trainable", "compile_config")}
+            return {k: strip(v) for k, v in node.items() if k not in NOT_THE_GRAPH}
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node
 
     with zipfile.ZipFile(run_dir / "model.keras") as archive:
-        return json.dumps(strip(json.loads(archive.read("config.json"))), sort_keys=True)
+        graph = json.dumps(strip(json.loads(archive.read("config.json"))), sort_keys=True)
+    return re.sub(r'"input_layer(_\d+)?"', '"input_layer"', graph)  # Keras numbers unnamed inputs per process
 
 
 # Exporting converts the inference graph: the same layers for configs that differ only in what training
