@@ -174,6 +174,7 @@ def test_ctrl_c_stops_every_child_marks_runs_failed_and_resume_finishes_them(wri
         time.sleep(0.2)
     parent.send_signal(signal.SIGINT)
     assert parent.wait(120) == 130
+    parent.stdout.close()
     sweep_dir = only_sweep(outputs)
     states = run_states(sweep_dir)
     assert "completed" not in states.values() and "failed" in states.values()

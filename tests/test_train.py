@@ -118,29 +118,29 @@ def slow_config(write_config):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_completes_the_run(slow_config, tmp_path):
-    process = _start(slow_config)
-    run_dir = _wait_for_first_epoch(process, tmp_path / "outputs")
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
-    done = json.loads((run_dir / "checkpoints" / "state.json").read_text())["epoch"]
-    assert 1 <= done < 6, "the kill must land mid-run"
-    assert main(["train", "--resume", str(run_dir)]) == 0
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
-    with (run_dir / "history.csv").open() as handle:
-        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(CONTRACT)
-    assert main(["train", "--resume", str(run_dir)]) == 2  # a completed run is not resumed again
+    with _start(slow_config) as process:  # closes its stderr pipe
+        run_dir = _wait_for_first_epoch(process, tmp_path / "outputs")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
+        done = json.loads((run_dir / "checkpoints" / "state.json").read_text())["epoch"]
+        assert 1 <= done < 6, "the kill must land mid-run"
+        assert main(["train", "--resume", str(run_dir)]) == 0
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+        with (run_dir / "history.csv").open() as handle:
+            assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
+        assert sorted(p.name for p in run_dir.iterdir()) == sorted(CONTRACT)
+        assert main(["train", "--resume", str(run_dir)]) == 2  # a completed run is not resumed again
 
 
 @pytest.mark.slow
 def test_interrupted_run_is_marked_failed(slow_config, tmp_path):
-    process = _start(slow_config)
-    run_dir = _wait_for_first_epoch(process, tmp_path / "outputs")
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130
-    status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "failed" and "KeyboardInterrupt" in status["error"]
+    with _start(slow_config) as process:  # closes its stderr pipe
+        run_dir = _wait_for_first_epoch(process, tmp_path / "outputs")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "failed" and "KeyboardInterrupt" in status["error"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,224 @@
+"""Every file in configs/, as a user runs it, through every command: train → evaluate → predict with
+Grad-CAM → export (onnx, savedmodel, tflite) → the demo's classify; sweep listings through
+`sweep --dry-run` and `validate`.
+
+Each config runs at a tiny size (weights none, its backbone's smallest image size, one epoch after any
+warm-up, a few images per class of one synthetic set); everything else is the shipped file's own,
+so a setting only one config uses (two convs per block, grayscale, precise BatchNorm, a frozen
+backbone) meets every command. Tests are parametrized per config and command, so a failure names both.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from braintumor.cli import main
+from braintumor.core.backbones import BACKBONES
+from braintumor.core.config import load_config
+from braintumor.data.synth import make_dataset
+
+pytestmark = pytest.mark.slow
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+LISTINGS = [p for p in SHIPPED if "configs" in (yaml.safe_load(p.read_text()) or {})]
+EXPERIMENTS = [p for p in SHIPPED if p not in LISTINGS]
+FORMATS = ["onnx", "savedmodel", "tflite"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """4 Training and 2 Testing images per class: the fewest that still give a stratified validation split."""
+    return make_dataset(tmp_path_factory.mktemp("every") / "synth", train_per_class=4, test_per_class=2,
+                        size=96, seed=0)
+
+
+def tiny_overrides(config: Path, root: Path, work: Path) -> list[str]:
+    cfg = load_config(config)
+    return [
+        f"data.root={root}", f"data.cache_dir={work / 'cache'}", f"output.dir={work / 'outputs'}",
+        f"data.image_size={BACKBONES[cfg.model.backbone].min_size}",
+        "data.val_fraction=0.25",  # 4 of the 16 Training images: one per class
+        "model.weights=none",
+        f"train.epochs={cfg.train.warmup_epochs + 1}",  # the warm-up must end before the last epoch
+    ]
+
+
+@dataclass
+class Trained:
+    config: Path
+    rc: int
+    error: str
+    run_dir: Path | None
+    work: Path
+    reference: tuple[list[Path], np.ndarray] | None = None  # Testing files and model.keras's probabilities
+
+    def completed(self) -> Path:
+        if self.rc != 0:
+            pytest.fail(f"train {self.config.name} failed, so this command has no run: {self.error}")
+        return self.run_dir
+
+    def expected(self, root: Path) -> tuple[list[Path], np.ndarray]:
+        """The Testing files, and model.keras's probabilities for them in plain Keras: what every
+        command's answer is checked against (computed once per config)."""
+        if self.reference is None:
+            from braintumor.data.decode import decode_image
+
+            cfg = load_config(self.completed() / "config.yaml")
+            files = sorted((root / "Testing").rglob("*.jpg"))
+            images = np.stack([decode_image(f, cfg.data.image_size, cfg.data.preprocess) for f in files])
+            model = keras.saving.load_model(self.run_dir / "model.keras")
+            self.reference = files, model.predict(images.astype(np.float32), verbose=0)
+        return self.reference
+
+
+@pytest.fixture(scope="module", params=EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def trained(request, tiny_root, tmp_path_factory) -> Trained:
+    """One tiny training run of this config; module-scoped and parametrized, so pytest runs every command
+    of one config before training the next, and the run is deleted when its config is done."""
+    config = request.param
+    work = tmp_path_factory.mktemp(config.stem)
+    overrides = [arg for item in tiny_overrides(config, tiny_root, work) for arg in ("--set", item)]
+    rc = main(["train", str(config), *overrides])
+    runs = sorted((work / "outputs").glob("*/status.json"))
+    error = json.loads(runs[0].read_text()).get("error") if runs else "no run folder was made"
+    yield Trained(config, rc, f"exit {rc}: {error}", runs[0].parent if runs else None, work)
+    shutil.rmtree(work, ignore_errors=True)  # an ImageNet backbone's run is over 100 MB
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def test_train(trained):
+    run_dir = trained.completed()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    assert "accuracy" in json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_evaluate(trained, capsys):
+    run_dir = trained.completed()
+    out = trained.work / "evaluated"
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert 0 <= json.loads((out / "metrics.json").read_text())["accuracy"] <= 1
+
+
+def test_predict_with_gradcam(trained, tiny_root, capsys):
+    run_dir = trained.completed()
+    cams = trained.work / "gradcam"
+    capsys.readouterr()
+    rc = main(["predict", "--run", str(run_dir), str(tiny_root / "Testing"), "--json", "--gradcam", str(cams)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err.strip().splitlines()[-1:]
+    files, expected = trained.expected(tiny_root)
+    predictions = {Path(p["file"]): list(p["probabilities"].values()) for p in json.loads(captured.out)}
+    assert np.abs(np.array([predictions[f] for f in files]) - expected).max() < 1e-4
+    assert len(list(cams.rglob("*.png"))) == len(files)
+
+
+def _run_export(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
+    """The exported model in its own runtime (onnxruntime, TensorFlow, the TFLite interpreter)."""
+    import tensorflow as tf
+
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images})[0]
+    if fmt == "savedmodel":
+        loaded = tf.saved_model.load(str(path))  # held: its functions reference its variables
+        return loaded.serve(images).numpy()
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    rows = []
+    for image in images:  # the TFLite batch is fixed at 1
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+    return np.stack(rows)
+
+
+NOT_THE_GRAPH = ("trainable", "compile_config", "shared_object_id")
+
+
+def _architecture(run_dir: Path) -> str:
+    """model.keras's layer graph without what training alone sets (trainable flags, the optimizer) and the
+    object ids Keras writes to mark shared objects."""
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in NOT_THE_GRAPH}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    with zipfile.ZipFile(run_dir / "model.keras") as archive:
+        graph = json.dumps(strip(json.loads(archive.read("config.json"))), sort_keys=True)
+    return re.sub(r'"input_layer(_\d+)?"', '"input_layer"', graph)  # Keras numbers unnamed inputs per process
+
+
+# Exporting converts the inference graph: the same layers for configs that differ only in what training
+# does (mode, optimizer, learning rate, augmentation, schedule), which is how the study's configs of one
+# backbone differ. tf2onnx and the TFLite converter take about a minute of CPU for ResNet50 or InceptionV3
+# per format, so such configs share one conversion: the first config of a backbone exports, and each later
+# one must have the identical graph (checked below, from its own model.keras), or it exports too.
+EXPORTED_GRAPHS: dict[str, str] = {}  # architecture → the config that exported it
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export(trained, fmt, tiny_root, capsys):
+    pytest.importorskip("tf2onnx", reason="needs the [export] extra")
+    run_dir = trained.completed()
+    architecture = _architecture(run_dir)
+    exported_by = EXPORTED_GRAPHS.get(f"{fmt}:{architecture}")
+    if exported_by not in (None, trained.config.stem):
+        return  # the identical graph was exported and checked in its runtime with `exported_by`'s run
+    out = trained.work / "export" / fmt / ("saved_model" if fmt == "savedmodel" else f"model.{fmt}")
+    assert main(["export", "--run", str(run_dir), "--format", fmt, "--out", str(out)]) == 0, \
+        capsys.readouterr().err.strip().splitlines()[-1:]
+    files, expected = trained.expected(tiny_root)
+    cfg = load_config(run_dir / "config.yaml")
+    from braintumor.data.decode import decode_image
+
+    images = np.stack([decode_image(f, cfg.data.image_size, cfg.data.preprocess) for f in files])
+    assert np.abs(_run_export(fmt, out, images.astype(np.float32)) - expected).max() < 1e-4
+    EXPORTED_GRAPHS[f"{fmt}:{architecture}"] = trained.config.stem
+
+
+def test_demo_classify(trained, tiny_root):
+    pytest.importorskip("gradio", reason="needs the [demo] extra")
+    from braintumor.apps.serve import build_demo, example_files
+
+    run_dir = trained.completed()
+    files, expected = trained.expected(tiny_root)
+    demo = build_demo(run_dir, example_files(run_dir))
+    (classify,) = [f.fn for f in demo.fns.values() if f.api_name == "classify"]
+    probabilities, picture, text = classify(str(files[0]))[:3]
+    assert np.abs(np.array(list(probabilities.values())) - expected[0]).max() < 1e-4
+    assert max(probabilities, key=probabilities.get) in text and np.asarray(picture).ndim == 3
+
+
+@pytest.mark.parametrize("listing", LISTINGS, ids=[p.stem for p in LISTINGS])
+def test_listing_sweep_dry_run(listing, tmp_path, capsys):
+    listed = yaml.safe_load(listing.read_text())["configs"]
+    assert main(["sweep", str(listing), "--seeds", "0", "--dry-run", "--set", f"output.dir={tmp_path}"]) == 0
+    (sweep_dir,) = tmp_path.glob("sweep-*")
+    assert len(json.loads((sweep_dir / "manifest.json").read_text())["runs"]) == len(listed)
+    assert f"{len(listed)} planned" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("listing", LISTINGS, ids=[p.stem for p in LISTINGS])
+def test_listing_validate(listing, capsys):
+    """`braintumor validate configs/*.yaml`, as the README suggests: a listing is checked through its configs."""
+    assert main(["validate", *map(str, SHIPPED)]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    for name in yaml.safe_load(listing.read_text())["configs"]:
+        assert name in printed
