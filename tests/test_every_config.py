@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from braintumor.cli import main
 from braintumor.core.backbones import BACKBONES
@@ -181,8 +182,10 @@ def test_export(trained, fmt, tiny_root, capsys):
     exported_by = EXPORTED_GRAPHS.get(f"{fmt}:{architecture}")
     if exported_by not in (None, trained.config.stem):
         return  # the identical graph was exported and checked in its runtime with `exported_by`'s run
-    out = trained.work / "export" / fmt / ("saved_model" if fmt == "savedmodel" else f"model.{fmt}")
-    assert main(["export", "--run", str(run_dir), "--format", fmt, "--out", str(out)]) == 0, \
+    from braintumor.apps.export import FORMATS
+
+    out = trained.work / "export" / fmt / FORMATS[fmt].file  # export --out DIR writes DIR/<format>/<file>
+    assert main(["export", "--run", str(run_dir), "--format", fmt, "--out", str(trained.work / "export")]) == 0, \
         capsys.readouterr().err.strip().splitlines()[-1:]
     files, expected = trained.expected(tiny_root)
     cfg = load_config(run_dir / "config.yaml")
@@ -199,10 +202,13 @@ def test_demo_classify(trained, tiny_root):
 
     run_dir = trained.completed()
     files, expected = trained.expected(tiny_root)
-    demo = build_demo(run_dir, example_files(run_dir))
+    from braintumor.core.run import Run
+
+    demo = build_demo(Run(run_dir), example_files(Run(run_dir)))
     (classify,) = [f.fn for f in demo.fns.values() if f.api_name == "classify"]
     probabilities, picture, text = classify(str(files[0]))[:3]
     assert np.abs(np.array(list(probabilities.values())) - expected[0]).max() < 1e-4
+    picture = Image.open(picture) if isinstance(picture, str | Path) else picture  # a cached PNG's path
     assert max(probabilities, key=probabilities.get) in text and np.asarray(picture).ndim == 3
 
 
