@@ -191,7 +191,7 @@ def _read_run(config_path: Path, outputs_dir: Path, include_eval: bool) -> tuple
         candidates += [(folder, f"{label} eval/{folder.name}", f"{configuration} eval/{folder.name.rsplit('-', 2)[0]}",
                         f"evaluate the run again (braintumor evaluate --run {run} writes a new folder), "
                         "then remove this one")
-                       for folder in sorted((run / contract.EVAL).glob("*")) if folder.is_dir()]
+                       for folder in (evaluation.path for evaluation in contract.Run(run).evaluations())]
     for folder, name, key, action in candidates:
         folder_state = state if folder == run else "evaluation"
         missing = [file for file in RESULT_FILES if not (folder / file).is_file()]
