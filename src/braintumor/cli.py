@@ -15,6 +15,7 @@ from types import ModuleType
 from braintumor import __version__
 from braintumor.apps.commands import (
     audit,
+    calibrate,
     compare,
     download,
     evaluate,
@@ -29,7 +30,7 @@ from braintumor.apps.commands import (
 from braintumor.core.errors import UserError
 from braintumor.core.logs import setup_console
 
-COMMANDS = (train, validate, evaluate, compare, sweep, predict, export, serve)
+COMMANDS = (train, validate, evaluate, calibrate, compare, sweep, predict, export, serve)
 DATA_COMMANDS = (synth, audit, download)  # braintumor data <command>
 
 DESCRIPTION = """\

@@ -11,8 +11,10 @@ The folder is built as a hidden `.<format>.partial-*` sibling and renamed into p
 never lands without its card; a sibling left by a killed export is removed by the next export.
 
 The exported model takes what model.keras takes, RGB in [0, 255] of shape (N, size, size, 3), and
-returns the class probabilities; it computes in float32 even where the run trained in mixed precision
-(onnxruntime has no bfloat16 convolution), which the card's check quantifies.
+returns the class probabilities, calibrated as braintumor's (the run's temperature folded into the softmax
+layer: its kernel and bias divided by T; the out-of-distribution detector is not exported); it computes
+in float32 even where the run trained in mixed precision (onnxruntime has no bfloat16 convolution), which
+the card's check quantifies.
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ from braintumor.core.errors import UserError, describe
 from braintumor.core.run import Run
 from braintumor.data import pixels
 from braintumor.data.dataset import load_split
-from braintumor.engine.evaluate import PREDICT_BATCH, predict
-from braintumor.models.build import computing_layers, float32_model
-from braintumor.models.saved import load_run_model
+from braintumor.engine.scoring import PREDICT_BATCH, Scorer, load_scorer
+from braintumor.models.build import computing_layers, float32_model, with_temperature
 
 EXPORT_DIR = "export"  # RUN_DIR/export/<format>/ is an export's default folder
 CARD = "model_card.json"
@@ -173,13 +174,15 @@ def _testing_split(cfg: Config, classes: list[str]):
         return None, str(err)
 
 
-def _check(run: Runner, batch_size: int, fmt: str, model: keras.Model, cfg: Config, classes: list[str]) -> dict:
-    """The exported model, run in its own runtime on the run's Testing images, against model.keras."""
+def _check(run: Runner, batch_size: int, fmt: str, scorer: Scorer, cfg: Config, classes: list[str]) -> dict:
+    """The exported model, run in its own runtime on the run's Testing images, against model.keras and the run's
+    calibration (the probabilities braintumor predict gives)."""
     split, reason = _testing_split(cfg, classes)
     if split is None or not split.files:
         return {"checked": False, "reason": f"the run's {cfg.data.test_dir} images could not be read: "
                                             f"{reason or 'none is readable'}"}
-    expected = predict(model, split.images)
+    model = scorer.model
+    expected = scorer(split.images).probabilities
     got = [run(split.images[start:start + batch_size].astype(np.float32))
            for start in tqdm(range(0, len(split.files), batch_size), desc=f"checking {fmt} on {cfg.data.test_dir}",
                              unit="batch", leave=False)]
@@ -194,7 +197,8 @@ def _check(run: Runner, batch_size: int, fmt: str, model: keras.Model, cfg: Conf
         "model_keras_accuracy": float((expected.argmax(axis=1) == split.labels).mean()),
         "max_abs_probability_difference": float(np.abs(probs - expected).max()),
         "class_changes": int((probs.argmax(axis=1) != expected.argmax(axis=1)).sum()),
-        "compared_with": f"model.keras, computing in {dtype}",
+        "compared_with": f"model.keras, computing in {dtype}"
+                         + (f", at temperature {scorer.calibration.temperature:.6g}" if scorer.calibration else ""),
     }
     if dtype != "float32":
         check["note"] = (f"model.keras computes in {dtype}, this export in float32: the differences above come "
@@ -218,7 +222,7 @@ def _how_to_feed(cfg: Config) -> dict:
     }
 
 
-def model_card(run: Run, cfg: Config, classes: list[str], fmt: str, model: keras.Model, interface: dict,
+def model_card(run: Run, cfg: Config, classes: list[str], fmt: str, scorer: Scorer, interface: dict,
                check: dict) -> dict:
     metrics = run.read_metrics() if run.metrics.is_file() else {}
     return {
@@ -228,15 +232,26 @@ def model_card(run: Run, cfg: Config, classes: list[str], fmt: str, model: keras
         "classes": classes,  # output order
         "input": {"tensor": interface["input"], **_how_to_feed(cfg)},
         "output": {"tensor": interface["output"],
-                   "values": "softmax probabilities, one per class, in the order of `classes`"},
+                   "values": "softmax probabilities, one per class, in the order of `classes`",
+                   "calibration": _calibration_note(scorer)},
         **{key: value for key, value in interface.items() if key not in ("input", "output")},
         "check": check,
         "model": {"backbone": cfg.model.backbone, "mode": cfg.model.mode, "weights": cfg.model.weights,
-                  "compute_dtype": "float32", "trained_in": _compute_dtype(model)},
+                  "compute_dtype": "float32", "trained_in": _compute_dtype(scorer.model)},
         "source_run": str(run.path.resolve()),
         "metrics": {key: metrics[key] for key in ("split", "accuracy", "loss", "macro_avg", "n") if key in metrics},
         "exported_by": f"braintumor {__version__}, keras {keras.__version__}",
     }
+
+
+def _calibration_note(scorer: Scorer) -> dict:
+    if scorer.calibration is None:
+        return {"temperature": None, "note": "the run has no calibration: these are the model's own probabilities; "
+                                             "braintumor calibrate --run RUN_DIR fits one, then export again"}
+    return {"temperature": scorer.calibration.temperature,
+            "note": "temperature scaling fitted on the run's validation images is folded into the softmax layer "
+                    "(kernel and bias divided by the temperature); the out-of-distribution detector is not part "
+                    "of this export"}
 
 
 def _onnx_metadata(path: Path, cfg: Config, classes: list[str]) -> None:
@@ -268,8 +283,9 @@ def export_run(run: Run, fmt: str, out: Path | None = None) -> Path:
     remove_dead_partials(dest)
     if dest.exists():
         raise UserError(f"{dest} already exists; remove it or choose another --out")
-    model = load_run_model(run)
-    exported = float32_model(model)
+    scorer = load_scorer(run)
+    model = scorer.model
+    exported = with_temperature(model, scorer.calibration.temperature) if scorer.calibration else float32_model(model)
     exported(np.zeros((1, *exported.inputs[0].shape[1:]), np.float32))  # the ONNX exporter needs a called model
     try:
         with rundir.staged_dir(dest) as work:
@@ -287,8 +303,8 @@ def export_run(run: Run, fmt: str, out: Path | None = None) -> Path:
             except Exception as err:  # a runtime that cannot load the converted model raises its own types
                 raise UserError(f"the {fmt} conversion gave a model its runtime cannot load ({describe(err)}); "
                                 "try another --format, or run with --debug and report the error") from err
-            check = _check(runner, batch_size, fmt, model, cfg, classes)
-            write_json(work / CARD, model_card(run, cfg, classes, fmt, model, interface, check))
+            check = _check(runner, batch_size, fmt, scorer, cfg, classes)
+            write_json(work / CARD, model_card(run, cfg, classes, fmt, scorer, interface, check))
     except OSError as err:
         if dest.exists():  # another export of this format finished first
             raise UserError(f"{dest} already exists; remove it or choose another --out") from err

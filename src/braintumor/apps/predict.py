@@ -2,8 +2,9 @@
 
 Each file goes through the run's own decoding and preprocessing (`data.decode.decode_image` at the
 run's image size with its `data.preprocess`, the same function training and evaluate use), then
-through model.keras, whose first layer applies the backbone's preprocessing. A thread pool decodes
-the next batches while the model predicts the current one.
+through model.keras, whose first layer applies the backbone's preprocessing, and the run's calibration:
+temperature-scaled probabilities and whether the image looks like the training data (engine/scoring.py).
+A thread pool decodes the next batches while the model predicts the current one.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from braintumor.core.errors import UserError, describe
 from braintumor.core.run import Run
 from braintumor.data.decode import decode_image
 from braintumor.data.files import walk
-from braintumor.engine.evaluate import PREDICT_BATCH
-from braintumor.models.saved import load_run_model
+from braintumor.engine.scoring import PREDICT_BATCH, Scorer, Scores, load_scorer
 from braintumor.results.cells import one_line
-from braintumor.results.reports import PREDICTION_COLUMNS, write_csv
+from braintumor.results.reports import ood_cells, prediction_header, write_csv
+
+NOT_LIKE_TRAINING = "not like the training data"  # how the text output marks an out-of-distribution image
 
 
 @dataclass
@@ -37,11 +39,19 @@ class RunModel:
     """What predicting with a run needs: its model, class order and input decoding."""
 
     run: Run
-    model: keras.Model
+    scorer: Scorer  # the model and its calibration
     classes: list[str]
     image_size: int
     preprocess: list[str]
     backbone: str
+
+    @property
+    def model(self) -> keras.Model:
+        return self.scorer.model
+
+    @property
+    def calibrated(self) -> bool:
+        return self.scorer.calibration is not None
 
     def decode(self, path: Path) -> np.ndarray:
         return decode_image(path, self.image_size, self.preprocess)
@@ -49,18 +59,28 @@ class RunModel:
 
 def load_run(run: Run) -> RunModel:
     cfg = run.read_config()
-    return RunModel(run, load_run_model(run), run.classes(), cfg.data.image_size, list(cfg.data.preprocess),
+    return RunModel(run, load_scorer(run), run.classes(), cfg.data.image_size, list(cfg.data.preprocess),
                     cfg.model.backbone)
 
 
 @dataclass
 class Prediction:
     file: str
-    probabilities: np.ndarray  # in the run's class order
+    probabilities: np.ndarray  # in the run's class order, calibrated where the run is
+    in_distribution: bool | None = None  # None: the run has no out-of-distribution detector
+    ood_score: float | None = None  # higher is less like the training images
 
     def as_dict(self, classes: list[str]) -> dict:
         return {"file": self.file, "predicted": classes[int(self.probabilities.argmax())],
-                "probabilities": {name: float(p) for name, p in zip(classes, self.probabilities, strict=True)}}
+                "probabilities": {name: float(p) for name, p in zip(classes, self.probabilities, strict=True)},
+                "in_distribution": self.in_distribution, "ood_score": self.ood_score}
+
+
+def as_predictions(files: list[str], scores: Scores) -> list[Prediction]:
+    if scores.in_distribution is None:
+        return [Prediction(f, p) for f, p in zip(files, scores.probabilities, strict=True)]
+    return [Prediction(f, p, bool(ok), float(score)) for f, p, ok, score in
+            zip(files, scores.probabilities, scores.in_distribution, scores.ood_scores, strict=True)]
 
 
 def expand_paths(paths: list[Path]) -> tuple[list[Path], list[dict]]:
@@ -102,14 +122,6 @@ def decoded_batches(run: RunModel, files: list[Path], batch_size: int,
                 batch_files, batch_images = [], []
         if batch_files:
             yield batch_files, np.stack(batch_images)
-
-
-def predict_batch(model: keras.Model, images: np.ndarray, tta: bool = False) -> np.ndarray:
-    """(N, C) float64 probabilities; with `tta`, the mean over the image and its horizontal flip (as evaluate)."""
-    probs = np.asarray(model.predict_on_batch(images.astype(np.float32)), np.float64)
-    if tta:
-        probs = (probs + np.asarray(model.predict_on_batch(images[:, :, ::-1].astype(np.float32)), np.float64)) / 2
-    return probs
 
 
 def _gradcam_names(files: list[Path], roots: list[Path]) -> dict[Path, str]:
@@ -182,16 +194,19 @@ def predict_paths(run: Run, paths: list[Path], batch_size: int = PREDICT_BATCH, 
         from braintumor.apps.gradcam import GradCam
 
         cam = GradCam(loaded.model)
-    predictions = []
+    results = []
     with tqdm(total=len(files), desc="predicting", unit="img", leave=False, disable=len(files) < 2 * batch_size) as bar:
         for batch_files, images in decoded_batches(loaded, files, batch_size, skipped):
-            probs = predict_batch(loaded.model, images, tta)
-            predictions += [Prediction(str(f), p) for f, p in zip(batch_files, probs, strict=True)]
+            scores = loaded.scorer(images, tta)
+            results += as_predictions([str(f) for f in batch_files], scores)
             if cam is not None:
-                _write_gradcams(cam, loaded, images, probs, [gradcam_dir / names[f] for f in batch_files],
-                                gradcam_class)
+                _write_gradcams(cam, loaded, images, scores.probabilities,
+                                [gradcam_dir / names[f] for f in batch_files], gradcam_class)
             bar.update(len(batch_files))
-    return predictions, skipped, loaded.classes
+    if not loaded.calibrated:
+        print(f"this run has no out-of-distribution detector, so in_distribution is null; fit one with "
+              f"{run.how_to_calibrate()} (once)", file=sys.stderr)
+    return results, skipped, loaded.classes
 
 
 def _write_gradcams(cam, run: RunModel, images: np.ndarray, probs: np.ndarray, dests: list[Path],
@@ -217,8 +232,9 @@ def _true_label(file: str, classes: list[str]) -> str:
 
 def write_predictions_csv(path: Path, predictions: list[Prediction], classes: list[str]) -> None:
     """predictions.csv's columns; `true` is the file's class folder where it is one of the classes."""
-    write_csv(path, [*PREDICTION_COLUMNS, *(f"p_{name}" for name in classes)], (
-        [p.file, _true_label(p.file, classes), classes[int(p.probabilities.argmax())], *p.probabilities.tolist()]
+    write_csv(path, prediction_header(classes), (
+        [p.file, _true_label(p.file, classes), classes[int(p.probabilities.argmax())], *p.probabilities.tolist(),
+         *ood_cells(p.in_distribution, p.ood_score)]
         for p in predictions))
 
 
@@ -245,7 +261,8 @@ def run_predict(run: Run, paths: list[Path], as_json: bool = False, csv_path: Pa
         for p in predictions:
             ranked = sorted(zip(classes, p.probabilities, strict=True), key=lambda kv: -kv[1])
             others = ", ".join(f"{name} {prob:.3f}" for name, prob in ranked[1:])
-            print(f"{one_line(p.file)}  {ranked[0][0]} {ranked[0][1]:.3f}  ({others})")
+            flag = f"  [{NOT_LIKE_TRAINING}]" if p.in_distribution is False else ""
+            print(f"{one_line(p.file)}  {ranked[0][0]} {ranked[0][1]:.3f}  ({others}){flag}")
     if csv_path is not None:
         print(f"wrote {csv_path}", file=sys.stderr)
     if gradcam_dir is not None:

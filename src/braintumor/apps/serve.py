@@ -1,7 +1,8 @@
 """`braintumor serve`: the study's web demo (Gradio) for one trained run.
 
-Upload a scan: the page shows the class probabilities, the Grad-CAM overlay for the predicted class,
-and that this is a research tool, not a diagnosis. The upload goes through the same decoding and
+Upload a scan: the page shows the class probabilities (calibrated where the run is), the Grad-CAM overlay for
+the predicted class, and that this is a research tool, not a diagnosis; a scan that the run's
+out-of-distribution detector flags gets a warning instead of a class. The upload goes through the same decoding and
 model as `braintumor predict`, so the page and the command agree. A file that is not an image, is
 truncated, or is too large is an error (a message in the page, an error for API clients); the server
 keeps serving. The server serves its example files and nothing else from the disk, and no message
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from braintumor.apps.gradcam import GradCam, overlay
-from braintumor.apps.predict import RunModel, load_run, predict_batch
+from braintumor.apps.predict import RunModel, load_run
 from braintumor.core.atomic import write_bytes
 from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
@@ -36,6 +37,8 @@ MAX_PIXELS = 40_000_000  # width × height, checked from the header before decod
 EXAMPLES_PER_CLASS = 2
 DISPLAY_SIZE = 320  # the overlay is shown at this size, whatever the model's input size
 DISCLAIMER = "Research tool, not a diagnosis: do not use it for clinical decisions."
+NOT_LIKE_TRAINING = ("This image does not look like the brain MRI slices this model was trained on, so it gets no "
+                     "class: its probabilities would mean nothing.")
 PROMPT = "Upload a scan (JPEG, PNG or BMP) or pick an example."
 API_NAME = "classify"  # the endpoint API clients call: gradio_client's predict(file, api_name="/classify")
 
@@ -111,7 +114,11 @@ def build_demo(source: Run, examples: list[Path]):
         except UploadProblem as problem:
             log.info("rejected upload %s: %s", Path(scan).name, problem)
             raise gr.Error(f"Cannot use this file: {problem}.", print_exception=False) from None
-        probs = predict_batch(run.model, image[None])[0]
+        scores = run.scorer(image[None])
+        probs = scores.probabilities[0]
+        if scores.in_distribution is not None and not scores.in_distribution[0]:
+            log.info("upload %s is unlike the training data (score %.2f)", Path(scan).name, scores.ood_scores[0])
+            return None, None, f"**{NOT_LIKE_TRAINING}** {DISCLAIMER}"
         heatmap, _ = cam(image[None], np.array([probs.argmax()]))
         top = int(probs.argmax())
         shown = Image.fromarray(overlay(image, heatmap[0])).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.BILINEAR)

@@ -15,12 +15,16 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+import numpy as np
+
+from braintumor.core import cache
 from braintumor.core import config as config_file
 from braintumor.core.atomic import write_json
 from braintumor.core.errors import UserError, describe
@@ -36,6 +40,9 @@ TRAIN_LOG = "train.log"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"  # only while training: STATE and the checkpoint files it names
 STATE = "state.json"
+# the temperature and the out-of-distribution detector (arrays); its checksummed sidecar calibration.json
+# (core/cache.py) also says what they are in words
+CALIBRATION = "calibration.npz"
 EVAL = "eval"  # evaluations by `braintumor evaluate`: eval/<split>-<time>/
 LOCK = ".lock"  # pid and host of the process training the run; locked with flock while it runs
 RESERVE = ".space-reserve"  # released to write the status on a full disk
@@ -52,6 +59,7 @@ PREDICTIONS = "predictions.csv"
 CURVES = "curves.png"  # training runs only
 EVAL_LOG = "eval.log"  # evaluations only
 
+T = TypeVar("T")
 GET_A_RUN = "braintumor train CONFIG makes one (braintumor train configs/quickstart.yaml: outputs/quickstart-<time>/)"
 
 
@@ -83,6 +91,10 @@ class Reports:
 
     def read_metrics(self) -> Any:
         return read_json(self.metrics)
+
+    def add_to_metrics(self, key: str, value: Any) -> None:
+        """Set one entry of metrics.json (replaced in one rename)."""
+        write_json(self.metrics, {**self.read_metrics(), key: value})
 
 
 @dataclass(frozen=True)
@@ -203,6 +215,44 @@ class Run(Reports):
     @property
     def lock_file(self) -> Path:
         return self.path / LOCK
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / CALIBRATION
+
+    @property
+    def calibration_summary(self) -> Path:
+        return cache.sidecar(self.calibration)
+
+    def how_to_calibrate(self) -> str:
+        return f"braintumor calibrate --run {self.path}"
+
+    def write_calibration(self, arrays: dict[str, np.ndarray], summary: dict) -> None:
+        """calibration.npz, then its sidecar calibration.json: `summary` and the npz's SHA-256."""
+        def fill(tmp: Path) -> dict:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+            return summary
+
+        try:
+            cache.write_checked(self.calibration, fill)
+        except OSError as err:
+            raise UserError(f"cannot write {self.calibration} ({describe(err)}); make {self.path} writable or free "
+                            f"space, then run {self.how_to_calibrate()}") from err
+
+    def read_calibration(self, parse: Callable[[dict[str, np.ndarray]], T]) -> T | None:
+        """`parse` of the arrays of calibration.npz, read after its checksum is checked; None for a run that has none
+        (trained before calibration existed); one line naming the fix for a damaged or incomplete one, or one whose
+        arrays `parse` refuses (ValueError, KeyError)."""
+        if not self.calibration.exists() and not self.calibration_summary.exists():
+            return None
+        try:
+            cache.checked(self.calibration)
+            with np.load(self.calibration, allow_pickle=False) as npz:
+                return parse({key: npz[key] for key in npz.files})
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise UserError(f"{self.calibration} is damaged or incomplete ({describe(err)}); fit it again with "
+                            f"{self.how_to_calibrate()}") from err
 
     def read_config(self) -> config_file.Config:
         if not self.config.is_file():

@@ -1,8 +1,8 @@
 """Evaluation: predictions of a saved model on a split, written as the run-directory reports.
 
 Training's final report and `braintumor evaluate` share `_evaluate_split`, and both predict from
-the saved model.keras with the same batch size, so re-evaluating a run's Testing split
-reproduces its training-time numbers exactly.
+the saved model.keras and its calibration with the same batch size, so re-evaluating a run's Testing
+split reproduces its training-time numbers exactly.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from braintumor.core import logs, rundir
@@ -19,16 +18,14 @@ from braintumor.core.errors import UserError
 from braintumor.core.run import Evaluation, Reports, Run
 from braintumor.data.dataset import Dataset, Split, list_split, load_split
 from braintumor.data.twins import find_test_twins
+from braintumor.engine.calibrate import fit_calibration
+from braintumor.engine.scoring import Scorer, load_scorer
 from braintumor.models.saved import load_run_model
 from braintumor.results import reports
+from braintumor.results.calibration import calibration_report, flagged_report
 from braintumor.results.metrics import compute_metrics
 
-PREDICT_BATCH = 64
 log = logs.get_logger(__name__)
-
-
-def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(images.astype(np.float32), batch_size=PREDICT_BATCH, verbose=0), np.float64)
 
 
 def _leak_free(split: Split, probs: np.ndarray, classes: list[str], seed: int, cfg: DataConfig) -> dict:
@@ -43,21 +40,29 @@ def _leak_free(split: Split, probs: np.ndarray, classes: list[str], seed: int, c
             **compute_metrics(split.labels[keep], probs[keep], classes, seed=seed)}
 
 
-def _evaluate_split(model: keras.Model | list[keras.Model], split: Split, classes: list[str], out_dir: Path, seed: int,
+def _evaluate_split(scorers: list[Scorer], split: Split, classes: list[str], out_dir: Path, seed: int,
                     extra: dict, data_cfg: DataConfig, tta: bool = False, leak_free: bool = False) -> dict:
-    """Reports of one model, or of the mean probabilities of several (an ensemble), on `split`."""
-    models = model if isinstance(model, list) else [model]
+    """Reports of one model, or of the mean probabilities of several (an ensemble), on `split`; one calibrated model
+    adds ECE and NLL before and after its temperature, and the share of images flagged as unlike its training data."""
 
     def probabilities(images: np.ndarray) -> np.ndarray:
-        return np.mean([predict(member, images) for member in models], axis=0)
+        return np.mean([scorer(images).probabilities for scorer in scorers], axis=0)
 
-    probs = probabilities(split.images)
+    in_distribution = ood_scores = None
+    if len(scorers) == 1 and (cal := scorers[0].calibration) is not None:
+        scores = scorers[0](split.images)
+        probs, in_distribution, ood_scores = scores.probabilities, scores.in_distribution, scores.ood_scores
+        extra = {**extra, "calibration": calibration_report(cal, scores.logits, split.labels),
+                 "ood": flagged_report(cal, in_distribution, split.labels, classes)}
+    else:
+        probs = probabilities(split.images)
     if tta:
         flipped = probabilities(split.images[:, :, ::-1])
         extra = {**extra, "tta": compute_metrics(split.labels, (probs + flipped) / 2, classes, seed=seed)}
     if leak_free:
         extra = {**extra, "leak_free": _leak_free(split, probs, classes, seed, data_cfg)}
-    metrics = reports.write_evaluation(out_dir, split.files, split.labels, probs, classes, seed=seed, extra=extra)
+    metrics = reports.write_evaluation(out_dir, split.files, split.labels, probs, classes, seed=seed, extra=extra,
+                                       in_distribution=in_distribution, ood_scores=ood_scores)
     _print_summary(extra["split"], metrics, len(split.files))
     return metrics
 
@@ -70,14 +75,21 @@ def _print_summary(split: str, metrics: dict, n: int) -> None:
             part = metrics[key]
             log.info(f"{split} {title}: accuracy {part['accuracy']:.4f} ({part['n']} images"
                   + (f", {part['excluded']} with a Training twin left out)" if key == "leak_free" else ")"))
+    if "calibration" in metrics:
+        cal, ood = metrics["calibration"], metrics["ood"]
+        per_class = ", ".join(f"{name} {part['flagged']:.0%}" for name, part in ood["per_class"].items()
+                              if part["flagged"] is not None)
+        log.info(f"{split}: temperature {cal['temperature']:.3f}, ECE {cal['ece_before']:.4f} → "
+                 f"{cal['ece_after']:.4f}; flagged as unlike the training data: {ood['flagged']:.1%} ({per_class})")
 
 
 def report_training_run(run: Run, cfg: Config, data: Dataset, best_epoch: int | None,
                         train_seconds: float, out: Reports) -> dict:
     """Testing metrics (official and leak-free) and plots of a finished run, written into `out`."""
     model = load_run_model(run)
+    scorer = Scorer(model, fit_calibration(run, model, data))
     about = {"split": cfg.data.test_dir, "best_epoch": best_epoch, "train_seconds": train_seconds}
-    metrics = _evaluate_split(model, data.test, data.classes, out.path, cfg.seed, about, cfg.data, leak_free=True)
+    metrics = _evaluate_split([scorer], data.test, data.classes, out.path, cfg.seed, about, cfg.data, leak_free=True)
     reports.plot_curves(run.history, out.curves)
     return metrics
 
@@ -91,7 +103,7 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str = "Testing"
                         f"use it with --split {cfg.data.test_dir} or another held-out folder")
     data_cfg = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root,
                                    make_synthetic_if_missing=False)
-    model = load_run_model(run)
+    scorer = load_scorer(run)
     if split == "validation":
         chosen, _, _, _ = load_split(data_cfg, data_cfg.train_dir, classes)
         wanted = set(run.validation_files())
@@ -100,7 +112,7 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str = "Testing"
         chosen, _, _, _ = load_split(data_cfg, split, classes)
     dest = Evaluation(out_dir) if out_dir else run.new_evaluation(split)
     with rundir.staged_dir(dest.path) as tmp, logs.log_to_file(Evaluation(tmp).log):
-        _evaluate_split(model, chosen, classes, tmp, cfg.seed,
+        _evaluate_split([scorer], chosen, classes, tmp, cfg.seed,
                         {"split": split, "data_root": data_cfg.root, "run": str(run.path)}, data_cfg,
                         tta=tta, leak_free=leak_free)
     log.info(f"written to {dest.path}")
@@ -121,11 +133,11 @@ def evaluate_ensemble(runs: list[Run], split: str = "Testing", out_dir: Path | N
                             f"({other_classes}, {_image_pipeline(other)} vs {classes}, {pipeline}); "
                             "ensemble only runs trained on the same data, image size and preprocessing")
     data_cfg = dataclasses.replace(cfg.data, make_synthetic_if_missing=False)
-    models = [load_run_model(run) for run in runs]
+    scorers = [load_scorer(run) for run in runs]
     chosen, _, _, _ = load_split(data_cfg, split, classes)
     dest = out_dir or runs[0].path.parent / f"ensemble-{split}-{rundir.timestamp()}"
     with rundir.staged_dir(dest) as tmp, logs.log_to_file(Evaluation(tmp).log):
-        _evaluate_split(models, chosen, classes, tmp, cfg.seed,
+        _evaluate_split(scorers, chosen, classes, tmp, cfg.seed,
                         {"split": split, "ensemble": [str(run.path) for run in runs]}, data_cfg,
                         tta=tta, leak_free=split != cfg.data.train_dir)
     log.info(f"written to {dest}")

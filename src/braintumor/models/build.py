@@ -15,7 +15,7 @@ import numpy as np
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import ModelConfig
 from braintumor.core.errors import UserError, describe
-from braintumor.models.facts import fine_tune_after
+from braintumor.models.facts import CLASSIFIER, FEATURES, HEAD, classifier, fine_tune_after
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ImageNet channel means, subtracted after the RGB → BGR flip
 
@@ -151,11 +151,11 @@ def build_model(cfg: ModelConfig, image_size: int, num_classes: int, channels: i
     # BatchNorm keeps its ImageNet statistics unless the whole backbone is retrained.
     x = backbone(x, training=False) if cfg.mode != "full" else backbone(x)
     pooling = keras.layers.GlobalAveragePooling2D if cfg.pooling == "avg" else keras.layers.GlobalMaxPooling2D
-    x = pooling(name="pool")(x)
+    x = pooling(name=FEATURES)(x)
     head = keras.Sequential(
         [keras.layers.Dropout(cfg.dropout, name="dropout"),
-         keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")],
-        name="head",
+         keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=CLASSIFIER)],
+        name=HEAD,
     )
     return keras.Model(inputs, head(x), name=f"{cfg.backbone}_{cfg.mode.replace('-', '_')}")
 
@@ -174,6 +174,11 @@ def float32_model(model: keras.Model) -> keras.Model:
     whose gradients would be too coarse in bfloat16, and for export: onnxruntime has no bfloat16 convolution)."""
     if all(layer.dtype_policy.name == "float32" for layer in computing_layers(model)):
         return model
+    return float32_copy(model)
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """A float32 copy of `model` with the same weights; every layer, nested models' too, is new."""
 
     def float32_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Sequential):  # its Input took the dtype of its first input: bfloat16 in the head
@@ -185,4 +190,13 @@ def float32_model(model: keras.Model) -> keras.Model:
 
     copy = keras.models.clone_model(model, clone_function=float32_layer)
     copy.set_weights(model.get_weights())
+    return copy
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """A float32 copy of `model` whose softmax layer computes softmax(logits / temperature): its kernel and bias
+    divided by the temperature, so the copy gives calibrated probabilities wherever it runs."""
+    copy = float32_copy(model)
+    kernel, bias = classifier(copy).get_weights()
+    classifier(copy).set_weights([kernel / temperature, bias / temperature])
     return copy

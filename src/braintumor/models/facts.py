@@ -3,7 +3,7 @@
 Read off the model's own layers, as timm's `pretrained_cfg` travels with a model, so every shape a
 config can build (a simple_cnn of any depth and convs_per_block) and every reloaded model.keras
 answers for itself; no registry string can name a layer the model does not have. Training, the
-prefix cache and Grad-CAM all ask here.
+prefix cache, Grad-CAM and calibration all ask here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import ModelConfig
 from braintumor.core.errors import UserError
 
+# the layers build_model names: the pooled features the head reads (the penultimate layer), and the head's softmax
+# Dense layer inside it
+FEATURES = "pool"
+HEAD = "head"
+CLASSIFIER = "classifier"
+
 # Spatial pooling ends a block: its output is a downsampled copy of the block's feature maps, not new features.
 POOLING_LAYERS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 
@@ -21,6 +27,17 @@ POOLING_LAYERS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 def backbone_of(model: keras.Model) -> keras.Model:
     """The backbone sub-model of a model from `build_model` (the first nested model; the head is the last)."""
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def features_model(model: keras.Model) -> keras.Model:
+    """A model with `model`'s input that returns its penultimate features, the input of the softmax layer (the head's
+    dropout is the identity at inference)."""
+    return keras.Model(model.inputs, model.get_layer(FEATURES).output)
+
+
+def classifier(model: keras.Model) -> keras.layers.Dense:
+    """The softmax layer: probabilities = softmax(features @ kernel + bias)."""
+    return model.get_layer(HEAD).get_layer(CLASSIFIER)
 
 
 def _is_feature_map(layer: keras.layers.Layer) -> bool:

@@ -264,11 +264,12 @@ def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Resu
     if not agree:
         raise UserError(f"{path}: disagrees with the predictions.csv next to it; one of them was changed")
     correct = probs.argmax(axis=1) == y_true
-    for part in ("leak_free", "tta"):  # computed at evaluation from data predictions.csv does not hold
+    for part in ("leak_free", "tta", "calibration"):  # computed from data predictions.csv does not hold
         if isinstance(stored.get(part), dict):
             metrics[part] = stored[part]
-    if not isinstance(METRIC["leak_free"].value(metrics), float | int | None):
-        raise UserError(f"{path}: leak_free.accuracy is not a number; {WRITE_AGAIN}")
+    for name in ("leak_free", "ece_calibrated"):
+        if not isinstance(METRIC[name].value(metrics), float | int | None):
+            raise UserError(f"{path}: {'.'.join(METRIC[name].path)} is not a number; {WRITE_AGAIN}")
     if isinstance(stored.get("train_seconds"), (int, float)):  # training runs only, not evaluations
         metrics["train_seconds"] = float(stored["train_seconds"])
     return Result(label, backbone, relative, files, correct, metrics)

@@ -21,11 +21,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 
 PREDICTION_COLUMNS = ("file", "true", "predicted")
+# after the p_<class> columns: the out-of-distribution verdict and score, empty where the run has no detector
+# (an ensemble, a run not calibrated); predictions.csv files written before them end with the p_<class> columns
+OOD_COLUMNS = ("in_distribution", "ood_score")
 
 
 def write_evaluation(
     out_dir: Path, files: Sequence[str], y_true: np.ndarray, probs: np.ndarray,
     classes: Sequence[str], seed: int = 0, extra: dict | None = None,
+    in_distribution: np.ndarray | None = None, ood_scores: np.ndarray | None = None,
 ) -> dict:
     """Write the four evaluation reports into ``out_dir`` and return what went into metrics.json."""
     # float64 throughout: predictions.csv stores float64 exactly, so re-reading gives these metrics
@@ -35,7 +39,7 @@ def write_evaluation(
     write_json(out.metrics, metrics)
     write_text(out.classification_report, _classification_report(y_true, probs.argmax(axis=1), classes, metrics))
     plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, out.confusion_matrix)
-    write_predictions(out.predictions, files, y_true, probs, classes)
+    write_predictions(out.predictions, files, y_true, probs, classes, in_distribution, ood_scores)
     return metrics
 
 
@@ -54,14 +58,26 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> No
         writer.writerows([csv_escape(cell) for cell in row] for row in rows)
 
 
+def prediction_header(classes: Sequence[str]) -> list[str]:
+    return [*PREDICTION_COLUMNS, *(f"p_{name}" for name in classes), *OOD_COLUMNS]
+
+
+def ood_cells(in_distribution: bool | None, ood_score: float | None) -> list:
+    return ["" if in_distribution is None else str(bool(in_distribution)).lower(),
+            "" if ood_score is None else float(ood_score)]
+
+
 def write_predictions(
     path: Path, files: Sequence[str], y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+    in_distribution: np.ndarray | None = None, ood_scores: np.ndarray | None = None,
 ) -> None:
     predicted = np.asarray(probs).argmax(axis=1)
-    write_csv(path, [*PREDICTION_COLUMNS, *(f"p_{name}" for name in classes)], (
-        [file, classes[true], classes[pred], *row]
-        for file, true, pred, row in zip(
-            files, y_true, predicted, np.asarray(probs, np.float64).tolist(), strict=True)
+    verdicts = [None] * len(files) if in_distribution is None else in_distribution.tolist()
+    scores = [None] * len(files) if ood_scores is None else ood_scores.tolist()
+    write_csv(path, prediction_header(classes), (
+        [file, classes[true], classes[pred], *row, *ood_cells(verdict, score)]
+        for file, true, pred, row, verdict, score in zip(
+            files, y_true, predicted, np.asarray(probs, np.float64).tolist(), verdicts, scores, strict=True)
     ))
 
 
@@ -70,15 +86,16 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, lis
     try:
         with path.open(**ENCODING) as handle:
             header, *rows = [[csv_unescape(cell) for cell in row] for row in csv.reader(handle)]
-        classes = [column.removeprefix("p_") for column in header[len(PREDICTION_COLUMNS):]]
+        end = len(header) - len(OOD_COLUMNS) if tuple(header[-len(OOD_COLUMNS):]) == OOD_COLUMNS else len(header)
+        classes = [column.removeprefix("p_") for column in header[len(PREDICTION_COLUMNS):end]]
         _check(tuple(header[:3]) == PREDICTION_COLUMNS and classes
-               and all(c.startswith("p_") for c in header[3:]), "unexpected header")
+               and all(c.startswith("p_") for c in header[3:end]), "unexpected header")
         _check(rows and all(len(row) == len(header) for row in rows), "no rows or ragged rows")
         files = [row[0] for row in rows]
         _check(len(set(files)) == len(files), "a file is listed twice")
         index = {name: k for k, name in enumerate(classes)}
         y_true = np.array([index[row[1]] for row in rows])
-        probs = np.array([[float(value) for value in row[3:]] for row in rows])
+        probs = np.array([[float(value) for value in row[3:end]] for row in rows])
         _check(np.isfinite(probs).all(), "non-finite probability")
         _check([classes[k] for k in probs.argmax(axis=1)] == [row[2] for row in rows],
                "'predicted' is not the most probable class")
@@ -141,7 +158,17 @@ def _classification_report(
             + "".join(_subset_report(title, metrics[key], classes) for key, title in (
                 ("tta", "With horizontal-flip test-time augmentation, the mean of each image and its mirror"),
                 ("leak_free", "Leak-free subset, the test images without an exact or near duplicate in Training"),
-            ) if key in metrics))
+            ) if key in metrics)
+            + (_ood_report(metrics["ood"]) if "ood" in metrics else ""))
+
+
+def _ood_report(ood: dict) -> str:
+    """The share of images whose out-of-distribution score is above the run's threshold, overall and per class."""
+    rows = "".join(f"  {name}: " + ("no images" if part["flagged"] is None else
+                                    f"{part['flagged']:.1%} of {part['n']}") + "\n"
+                   for name, part in ood["per_class"].items())
+    return (f"\nFlagged as unlike the training data (out-of-distribution score above {ood['threshold']:.4f}): "
+            f"{ood['flagged']:.1%}\n{rows}")
 
 
 def _figure(value: float | None) -> str:

@@ -1,0 +1,72 @@
+"""A run's model with its calibration: what every command that shows or writes probabilities asks.
+
+The model runs up to its penultimate features; the logits are those features times the softmax layer's kernel
+plus its bias (in float64), the probabilities softmax(logits / T) with the run's temperature, and the
+out-of-distribution score comes from the same features and logits (results/calibration.py). A run trained
+before calibration existed has no calibration.npz: its probabilities are the model's own (T = 1) and it has no
+out-of-distribution score until `braintumor calibrate --run RUN_DIR` fits one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from braintumor.core.run import Run
+from braintumor.models import facts
+from braintumor.models.saved import load_run_model
+from braintumor.results.calibration import Calibration, softmax
+
+PREDICT_BATCH = 64
+
+
+@dataclass
+class Scores:
+    probabilities: np.ndarray  # (N, C), temperature-scaled where the run is calibrated
+    logits: np.ndarray  # (N, C), before the temperature
+    features: np.ndarray  # (N, D) penultimate features
+    ood_scores: np.ndarray | None  # (N,), higher is less like the training images; None without a calibration
+    in_distribution: np.ndarray | None  # (N,) bool; None without a calibration
+
+
+class Scorer:
+    def __init__(self, model: keras.Model, calibration: Calibration | None):
+        self.model = model
+        self.calibration = calibration
+        self._features = facts.features_model(model)
+        kernel, bias = facts.classifier(model).get_weights()
+        self._kernel, self._bias = np.asarray(kernel, np.float64), np.asarray(bias, np.float64)
+
+    def features_and_logits(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) features and (N, C) logits of uint8 or float images in [0, 255], PREDICT_BATCH at a time."""
+        features = np.concatenate([
+            np.asarray(self._features.predict_on_batch(images[start:start + PREDICT_BATCH].astype(np.float32)),
+                       np.float64)
+            for start in range(0, len(images), PREDICT_BATCH)]) if len(images) else np.zeros((0, len(self._kernel)))
+        return features, features @ self._kernel + self._bias
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return self.calibration.probabilities(logits) if self.calibration else softmax(logits)
+
+    def __call__(self, images: np.ndarray, tta: bool = False) -> Scores:
+        """With `tta`, the probabilities are the mean over the image and its horizontal flip; the out-of-distribution
+        score is the image's own."""
+        features, logits = self.features_and_logits(images)
+        probs = self.probabilities(logits)
+        if tta:
+            probs = (probs + self.probabilities(self.features_and_logits(images[:, :, ::-1])[1])) / 2
+        if self.calibration is None:
+            return Scores(probs, logits, features, None, None)
+        scores = self.calibration.ood_scores(features, logits)
+        return Scores(probs, logits, features, scores, self.calibration.in_distribution(scores))
+
+
+def load_calibration(run: Run) -> Calibration | None:
+    return run.read_calibration(Calibration.from_arrays)
+
+
+def load_scorer(run: Run) -> Scorer:
+    """The run's model.keras with its calibration (none for a run trained before calibration existed)."""
+    return Scorer(load_run_model(run), load_calibration(run))
