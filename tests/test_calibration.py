@@ -86,6 +86,18 @@ def test_training_writes_a_checksummed_calibration_and_metrics_report_it(trained
     assert header[-2:] == ["in_distribution", "ood_score"] and {row[-2] for row in rows} <= {"true", "false"}
 
 
+def test_logits_from_the_features_give_the_models_own_probabilities(trained_run, synth_root):
+    from braintumor.data.decode import decode_image
+    from braintumor.engine.scoring import Scorer
+    from braintumor.models.saved import load_run_model
+
+    model = load_run_model(Run(trained_run))
+    images = np.stack([decode_image(f, 32, []) for f in sorted((synth_root / "Testing").glob("*/*.jpg"))])
+    uncalibrated = Scorer(model, None)(images)
+    assert uncalibrated.in_distribution is None
+    assert np.abs(uncalibrated.probabilities - model.predict(images.astype(np.float32), verbose=0)).max() < 1e-6
+
+
 def test_ece_falls_on_the_validation_images_the_temperature_was_fitted_on(trained_run):
     from braintumor.engine.scoring import load_scorer
 

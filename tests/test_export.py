@@ -25,7 +25,7 @@ from braintumor.apps import export
 from braintumor.cli import main
 from braintumor.core.run import Run
 from braintumor.data.pixels import decode_image
-from braintumor.models.saved import load_run_model
+from braintumor.engine.scoring import load_scorer
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 
@@ -35,7 +35,7 @@ def run_and_images(trained_run, synth_root, tmp_path_factory):
     run = shutil.copytree(trained_run, tmp_path_factory.mktemp("export") / trained_run.name)
     files = sorted((synth_root / "Testing").glob("*/synth_000[01].jpg"))
     images = np.stack([decode_image(f, 32, []) for f in files]).astype(np.float32)
-    return run, images, load_run_model(Run(run)).predict(images, verbose=0)
+    return run, images, load_scorer(Run(run))(images).probabilities  # calibrated, as braintumor predict gives
 
 
 def _card(folder):
@@ -61,6 +61,7 @@ def test_onnx_export_matches_model_keras_in_onnxruntime_and_carries_its_card(run
     assert np.abs(probs - expected).max() < 1e-4
     card = _card(folder)
     assert card["classes"] == CLASSES and card["format"] == "onnx" and "not a medical device" in card["intended_use"]
+    assert card["output"]["calibration"]["temperature"] == Run(run).read_metrics()["calibration"]["temperature"]
     assert card["input"]["tensor"] == {"name": session.get_inputs()[0].name, "shape": [None, 32, 32, 3],
                                        "dtype": "float32"}
     assert card["output"]["tensor"]["name"] == session.get_outputs()[0].name

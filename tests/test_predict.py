@@ -21,6 +21,7 @@ from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import ModelConfig
 from braintumor.core.run import Run
 from braintumor.data.decode import decode_image
+from braintumor.engine.scoring import load_scorer
 from braintumor.models.build import BackbonePreprocess, build_model, preprocess_layer
 from braintumor.models.saved import load_run_model
 from braintumor.results.reports import read_predictions
@@ -74,9 +75,8 @@ def test_tta_averages_the_flipped_image_like_evaluate(trained_run, synth_root, c
     image = synth_root / "Testing" / "glioma_tumor" / "synth_0003.jpg"
     (plain,) = _predict_json(capsys, "--run", str(trained_run), str(image))
     (tta,) = _predict_json(capsys, "--run", str(trained_run), str(image), "--tta")
-    model = load_run_model(Run(trained_run))
     decoded = decode_image(image, 32, [])[None].astype(np.float32)
-    flipped = model.predict(decoded[:, :, ::-1], verbose=0)[0]
+    flipped = load_scorer(Run(trained_run))(decoded[:, :, ::-1]).probabilities[0]  # calibrated, as predict
     expected = (np.array(list(plain["probabilities"].values())) + flipped) / 2
     assert np.allclose(list(tta["probabilities"].values()), expected, atol=1e-5)
 
