@@ -298,10 +298,11 @@ def test_labels_from_users_cannot_run_as_formulas_or_break_markdown_tables(tmp_p
 
 
 def add_leak_free(run: Path, accuracy: float, train_seconds: float = 600.0) -> None:
-    """What training stores: the leak-free subset's metrics under `leak_free` in metrics.json, and the training time."""
+    """What training stores: the leak-free subset's metrics under `leak_free` in metrics.json, the training time and
+    the calibration's figures."""
     path = run / "metrics.json"
     write_json(path, {**json.loads(path.read_text()), "leak_free": {"accuracy": accuracy, "n": 40, "excluded": 20},
-                      "train_seconds": train_seconds})
+                      "train_seconds": train_seconds, "calibration": {"temperature": 1.5, "ece_after": accuracy / 10}})
 
 
 def test_runs_differing_only_in_seed_are_pooled_into_one_configuration(tmp_path, caplog):

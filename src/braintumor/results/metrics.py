@@ -116,7 +116,7 @@ METRICS = (
     Metric("ece", "ECE", "ECE (15 bins)", lambda p: expected_calibration_error(p.y_true, p.probs),
            higher_is_better=False),
     Metric("ece_calibrated", "ECE cal.", "ECE after temperature scaling (15 bins)", None, ("calibration", "ece_after"),
-           higher_is_better=False),
+           higher_is_better=False, report_line=False),
     Metric("leak_free", "leak-free acc.", "leak-free accuracy (test images without a Training twin)", None,
            ("leak_free", "accuracy"), report_line=False),
 )

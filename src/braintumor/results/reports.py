@@ -159,7 +159,14 @@ def _classification_report(
                 ("tta", "With horizontal-flip test-time augmentation, the mean of each image and its mirror"),
                 ("leak_free", "Leak-free subset, the test images without an exact or near duplicate in Training"),
             ) if key in metrics)
+            + (_calibration_report(metrics["calibration"]) if "calibration" in metrics else "")
             + (_ood_report(metrics["ood"]) if "ood" in metrics else ""))
+
+
+def _calibration_report(cal: dict) -> str:
+    return (f"\nTemperature scaling (T = {cal['temperature']:.4f}, fitted on the validation images): "
+            f"ECE (15 bins) {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after; "
+            f"loss (cross-entropy) {cal['nll_before']:.4f} before, {cal['nll_after']:.4f} after\n")
 
 
 def _ood_report(ood: dict) -> str:
