@@ -135,6 +135,17 @@ def test_a_non_image_is_an_api_error_and_no_reply_names_a_server_path(client, se
     assert str(synth_root) not in shown and str(trained_run) not in shown
 
 
+def test_a_photograph_gets_the_warning_instead_of_a_class(client, tmp_path):
+    from sklearn.datasets import load_sample_images
+
+    photo = tmp_path / "palace.jpg"
+    Image.fromarray(load_sample_images().images[0]).save(photo)
+    probabilities, gradcam, summary = client.predict(gradio_client.handle_file(str(photo)), api_name="/classify")
+    assert not probabilities and not gradcam  # no class, no map
+    assert "does not look like the brain MRI slices this model was trained on" in summary
+    assert "Predicted" not in summary
+
+
 @pytest.mark.slow
 def test_50_users_sending_the_same_scan_at_once_all_get_the_answer(server, trained_run, capsys):
     """Gradio rewrote the content-named output picture for each identical answer while others downloaded it:
