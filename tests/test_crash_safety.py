@@ -94,6 +94,7 @@ def check_contract(run_dir: Path, epochs: int) -> None:
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "tensorboard" / "train").is_dir() and "done: " in (run_dir / "train.log").read_text()
     load_run_model(Run(run_dir))
+    assert Run(run_dir).read_calibration(dict) is not None  # whole: its checksum holds
 
 
 @pytest.fixture
