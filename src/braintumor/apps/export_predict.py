@@ -6,8 +6,8 @@ reads nothing but that folder:
 
     python predict.py scan1.jpg scan2.png
 
-prints what `braintumor predict --json` prints for the same files: a JSON list of
-{"file", "predicted", "probabilities": {class: p}}.
+prints what `braintumor predict --json` prints for the same files, but for the out-of-distribution fields
+(the detector is not exported): a JSON list of {"file", "predicted", "probabilities": {class: p}}.
 """
 
 from __future__ import annotations
