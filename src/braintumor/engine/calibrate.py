@@ -48,8 +48,7 @@ def calibrate_run(run: Run) -> Calibration:
     cal = fit_calibration(run, model, data)
     _, logits = Scorer(model, cal).features_and_logits(data.test.images)
     report = calibration.calibration_report(cal, logits, data.test.labels)
-    if run.metrics.is_file():
-        run.add_to_metrics("calibration", report)
+    run.add_to_metrics("calibration", report)
     log.info(f"{cfg.data.test_dir}: ECE {report['ece_before']:.4f} → {report['ece_after']:.4f}, NLL "
              f"{report['nll_before']:.4f} → {report['nll_after']:.4f}; wrote {run.calibration}")
     return cal
