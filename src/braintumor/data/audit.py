@@ -314,7 +314,8 @@ def _log_summary(report: dict, out_dir: Path) -> None:
     log.info(f"wrote {out_dir} ({report['seconds']} s)")
 
 
-def _check_root(root: Path) -> None:
+def check_root(root: Path) -> None:
+    """One line when ROOT is not a folder holding Training/ and Testing/."""
     if not root.is_dir():
         raise UserError(f"data root {root} not found; fetch it with `braintumor data download --dest {root}` "
                         "or pass the folder that holds Training/ and Testing/")
@@ -328,7 +329,7 @@ def run_audit(root: Path, out_dir: Path | None = None) -> dict:
     """Audit ROOT/{Training,Testing}/<class>/*; write audit.json, audit.md and example_pairs.png."""
     started = time.perf_counter()
     root = Path(root)
-    _check_root(root)
+    check_root(root)
     out_dir = Path(out_dir) if out_dir else Path("outputs") / f"audit-{datetime.now():%Y%m%d-%H%M%S}"
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty; choose a new --out folder")

@@ -20,7 +20,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from braintumor.core.cache import file_sha256
 from braintumor.core.errors import UserError, describe
-from braintumor.data.groups import Groups
+from braintumor.data.files import scan_tree
+from braintumor.data.groups import Groups, find_groups
 
 TRAIN, VALIDATION, TEST, EXCLUDED = "train", "validation", "test", "excluded"
 COLUMNS = ("file", "sha256", "class", "group", "split", "reason")
@@ -157,3 +158,13 @@ def read_split_file(path: Path, root: Path) -> dict[str, tuple[str, str]]:
                             "file; restore the image or write the split again with braintumor data split")
         found[file] = (side, row.get("reason") or "")
     return found
+
+
+def split_root(root: Path, protocol: str, seed: int, folds: int, test_fraction: float,
+               cache_dir: Path | None) -> Assignment:
+    """`braintumor data split`: the grouped split of every image under ROOT/{Training,Testing}/<class>/."""
+    images, _ = scan_tree(root)
+    if not images:
+        raise UserError(f"no images under {root}/Training or {root}/Testing; pass the data set root")
+    groups = find_groups(images, root, cache_dir)
+    return clean_split(groups, test_fraction, seed) if protocol == "clean" else kfold_split(groups, folds, seed)
