@@ -167,6 +167,8 @@ def load_dataset(cfg: Config, classes: list[str] | None = None) -> Dataset:
     data = cfg.data
     root = Path(data.root).expanduser()
     classes = classes or find_classes(data)
+    # a stale split file fails before any image is decoded
+    listed = splits.read_split_file(Path(data.split_file).expanduser(), root) if data.split_file else None
     train, train_on_disk, skipped_train, ignored_train = load_split(data, data.train_dir, classes)
     test, test_on_disk, skipped_test, ignored_test = load_split(data, data.test_dir, classes)
     everything = train + test
@@ -175,7 +177,7 @@ def load_dataset(cfg: Config, classes: list[str] | None = None) -> Dataset:
                                                         (test.files, test.labels, data.test_dir))
                           for file, label in zip(files, labels.tolist(), strict=True)],
                          root, Path(data.cache_dir).expanduser())
-    assignment, protocol = _assign(cfg, groups)
+    assignment, protocol = _assign(cfg, groups, listed)
     dropped: list[str] = []
     if data.exclude_test_twins:
         dropped = _drop_test_twins(root, train, test, data)
@@ -196,12 +198,12 @@ def load_dataset(cfg: Config, classes: list[str] | None = None) -> Dataset:
                    assignment.to_csv())
 
 
-def _assign(cfg: Config, groups: Groups) -> tuple[splits.Assignment, dict]:
-    """Each image's side, train or test (or excluded), as data.split_file or data.protocol says; and the protocol."""
+def _assign(cfg: Config, groups: Groups, listed: dict[str, tuple[str, str]] | None) -> tuple[splits.Assignment, dict]:
+    """Each image's side, train or test (or excluded), as data.split_file (`listed`) or data.protocol says; and the
+    protocol."""
     data = cfg.data
-    if data.split_file is not None:
-        path = Path(data.split_file).expanduser()
-        listed = splits.read_split_file(path, Path(data.root).expanduser())
+    if listed is not None:
+        path = Path(str(data.split_file)).expanduser()
         sides = [listed.get(file, (splits.EXCLUDED, ""))[0] for file in groups.files]
         reasons = [listed[file][1] if file in listed else "not in data.split_file" for file in groups.files]
         folds = sorted({int(side) for side in sides if side.isdigit()})
