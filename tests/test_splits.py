@@ -246,3 +246,38 @@ def test_real_data_clean_and_every_fold_have_no_twin_across_sides(tmp_path: Path
     print("kfold", kfold.counts())
     assert all(len(labels) == 4 for side, labels in kfold.counts().items() if side != splits.EXCLUDED)
     assert time.perf_counter() - started < 60
+
+
+@pytest.mark.slow
+def test_sweep_folds_trains_every_fold_and_compare_pools_them(twin_root: Path, tmp_path: Path) -> None:
+    """Acceptance 3 at tiny size: `sweep configs/quickstart.yaml --folds 3`, then compare pools the three folds."""
+    from braintumor.apps import sweep
+
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    outputs = tmp_path / "outputs"
+    assert main(["sweep", str(quickstart), "--folds", "3", "--jobs", "2", "--set", f"data.root={twin_root}",
+                 "--set", "data.image_size=32", "--set", "train.epochs=1", "--set", f"output.dir={outputs}",
+                 "--set", f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+    (sweep_dir,) = outputs.glob("sweep-*")
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    assert manifest["folds"] == 3 and [run["fold"] for run in manifest["runs"]] == [0, 1, 2]
+    tested = []
+    for run in sweep.read_manifest(sweep_dir):
+        folder = run.run_in(sweep_dir)
+        assert folder.state() == "completed" and run.id == f"quickstart-f{run.fold}-s42"
+        data = json.loads(folder.data.read_text())
+        assert data["protocol"] == {"name": "kfold", "folds": 3, "fold": run.fold, "seed": 42, "groups": 88}
+        metrics = json.loads(folder.metrics.read_text())
+        assert metrics["protocol"] == "kfold" and "leak_free" not in metrics  # grouped: the metrics are leak-free
+        side = sides_of(folder.split.read_text())
+        tested.append({f for f, row in side.items() if row["split"] == "test"})
+        assert tested[-1] == {row["file"] for row in csv.DictReader(folder.predictions.open())}
+    assert not tested[0] & tested[1] and not tested[1] & tested[2] and sum(map(len, tested)) == 91  # 93 - conflict
+
+    out = tmp_path / "cmp"
+    assert main(["compare", str(sweep_dir), "--out", str(out)]) == 0
+    (row,) = list(csv.DictReader((out / "configurations.csv").open()))
+    assert (row["runs"], row["protocol"], row["group"].split()[0]) == ("3", "kfold", "CV3")
+    accuracies = [float(r["accuracy"]) for r in csv.DictReader((out / "summary.csv").open())]
+    assert len(accuracies) == 3 and float(row["accuracy_mean"]) == pytest.approx(np.mean(accuracies))
+    assert float(row["accuracy_std"]) == pytest.approx(np.std(accuracies, ddof=1))
