@@ -96,8 +96,9 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str = "Testing"
     data_cfg = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root,
                                    make_synthetic_if_missing=False)
     model = load_run_model(run)
-    if split == "validation":
-        chosen, _, _, _ = load_split(data_cfg, data_cfg.train_dir, classes)
+    if split == "validation":  # a grouped protocol draws validation images from both folders
+        chosen = load_split(data_cfg, data_cfg.train_dir, classes)[0] + load_split(data_cfg, data_cfg.test_dir,
+                                                                                   classes)[0]
         wanted = set(run.validation_files())
         chosen = chosen.subset(np.array([i for i, f in enumerate(chosen.files) if f in wanted], dtype=int))
     else:
