@@ -245,6 +245,14 @@ def test_real_data_clean_and_every_fold_have_no_twin_across_sides(tmp_path: Path
         assert crossing(pairs, side) == []
     print("kfold", kfold.counts())
     assert all(len(labels) == 4 for side, labels in kfold.counts().items() if side != splits.EXCLUDED)
+    # acceptance 2: the official protocol's validation part (data.val_fraction 0.1) has no twin in the training part
+    official = splits.official_split(groups, "Training")
+    for seed in (0, 1, 2):
+        carved = splits.Assignment(groups, list(official.split), list(official.reason))
+        splits.carve_validation(carved, 0.1, seed)
+        side = dict(zip(groups.files, carved.split, strict=True))
+        assert [(a, b) for a, b in pairs if {side[a], side[b]} == {"train", "validation"}] == []
+        print(f"official seed {seed}: {carved.split.count('validation')} validation images, none with a training twin")
     assert time.perf_counter() - started < 60
 
 

@@ -186,7 +186,7 @@ def load_dataset(cfg: Config, classes: list[str] | None = None) -> Dataset:
             if file in twins:
                 assignment.split[i] = splits.EXCLUDED
                 assignment.reason[i] = "twin of a Testing image (exclude_test_twins)"
-    _carve_validation(assignment, data.val_fraction, cfg.seed)
+    splits.carve_validation(assignment, data.val_fraction, cfg.seed)
     side = dict(zip(groups.files, assignment.split, strict=True))
     parts = {name: everything.subset(np.array([i for i, f in enumerate(everything.files) if side[f] == name], int))
              for name in (splits.TRAIN, splits.VALIDATION, splits.TEST)}
@@ -226,19 +226,6 @@ def _assign(cfg: Config, groups: Groups, listed: dict[str, tuple[str, str]] | No
                         for side in assignment.split]
     protocol["groups"] = int(groups.group.max()) + 1 if len(groups.files) else 0
     return assignment, protocol
-
-
-def _carve_validation(assignment: splits.Assignment, fraction: float, seed: int) -> None:
-    """Move about `fraction` of the training part, whole twin groups stratified by class, to validation; a split file
-    that names its validation part keeps it."""
-    if splits.VALIDATION in assignment.split:
-        return
-    train = np.array([i for i, side in enumerate(assignment.split) if side == splits.TRAIN], int)
-    labels = [assignment.groups.labels[i] for i in train]
-    chosen = splits.take_groups(assignment.groups.group[train], labels, fraction, seed,
-                                f"a stratified validation part of {fraction:g} from {len(train)} training images")
-    for i in train[chosen].tolist():
-        assignment.split[i] = splits.VALIDATION
 
 
 def _drop_test_twins(root: Path, train: Split, test: Split, cfg: DataConfig) -> list[str]:

@@ -94,6 +94,19 @@ def take_groups(group: np.ndarray, labels: list[str], fraction: float, seed: int
     return np.isin(group, sorted(chosen))
 
 
+def carve_validation(assignment: Assignment, fraction: float, seed: int) -> None:
+    """Move about `fraction` of the training part, whole twin groups stratified by class, to validation; a split file
+    that names its validation part keeps it."""
+    if VALIDATION in assignment.split:
+        return
+    train = np.array([i for i, side in enumerate(assignment.split) if side == TRAIN], int)
+    labels = [assignment.groups.labels[i] for i in train]
+    chosen = take_groups(assignment.groups.group[train], labels, fraction, seed,
+                         f"a stratified validation part of {fraction:g} from {len(train)} training images")
+    for i in train[chosen].tolist():
+        assignment.split[i] = VALIDATION
+
+
 def clean_split(groups: Groups, test_fraction: float, seed: int) -> Assignment:
     """The de-duplicated benchmark: a seeded, stratified re-split of all images into train and test, whole groups on
     one side, every class in test in proportion."""
