@@ -10,7 +10,9 @@
 6. (issue 12) fine-tune epochs with offline augmentation, naive vs prefix-cached, per backbone at 128 and 224 px,
    projected from interleaved step timings; the study's nine experiments at 224 px, 20 epochs; cache size on disk;
 7. (issue 12) `braintumor train` end to end, naive vs prefix-cached, at 128 px, vs the projection.
-8. `braintumor predict` images/s on a folder of real images vs bare model.predict on the decoded arrays.
+8. `braintumor predict` images/s on a folder of real images vs bare model.predict on the decoded arrays;
+9. (issue 17) `braintumor predict` on the Testing folder, whole process: peak memory and images/s against
+   --batch-size, beside the PyPI peer detect-tumor 0.1.1 (VGG16 ONNX, one image at a time) where it is installed.
 
 Prints a table and writes BENCHMARKS.md. Everything runs through the package's own functions; weights are
 `none` (no download; speed does not depend on weight values).
@@ -18,6 +20,7 @@ Prints a table and writes BENCHMARKS.md. Everything runs through the package's o
     python scripts/bench.py --quick      # under 10 minutes on a 2-core CPU
     python scripts/bench.py              # full settings: all images, 128 px for (1) and (3), 224 px for (4)
     python scripts/bench.py --quick --only prefix   # (6) and (7) alone, replacing their section of BENCHMARKS.md
+    python scripts/bench.py --only memory           # (9) alone (about 6 minutes), replacing its section
 """
 
 from __future__ import annotations
@@ -303,24 +306,32 @@ def precision_and_xla(plan: Plan, source: Path, work: Path) -> dict:
     return {"rates": rates, "xla_precision": precision}
 
 
+def _vgg16_run(work: Path, source: Path, size: int):
+    """A completed-looking run folder of configs/vgg16_adam.yaml (float32, random weights), made without training:
+    predicting costs the same whatever the weights are."""
+    from braintumor.core.run import Run
+
+    cfg = _config("vgg16_adam", work, source, size, "train.precision=float32")
+    made = Run(work / f"vgg16-{size}-run")
+    made.path.mkdir()
+    made.save_config(cfg)
+    classes = sorted(p.name for p in (source / "Testing").iterdir() if p.is_dir())
+    made.write_data({"classes": classes})
+    keras.utils.set_random_seed(0)
+    build_model(cfg.model, size, len(classes)).save(made.model)
+    made.set_status("completed")
+    return made
+
+
 def predict_throughput(plan: Plan, source: Path, work: Path) -> tuple[str, str, str, str]:
     """(6) the predict pipeline (threaded decoding overlapping batched inference) on the Testing image files vs
     bare model.predict on the same images already decoded, same model and batch; the model load is not timed on
     either side. Runs in turn, median of three each. Returns the report row."""
     from braintumor.apps.predict import decoded_batches, load_run, predict_batch
-    from braintumor.core.run import Run
     from braintumor.data.files import walk
 
     folder = _subset(source, work / "predict-data", plan.pipeline_every) / "Testing"
-    cfg = _config("vgg16_adam", work, source, plan.speed_size, "train.precision=float32")
-    made = Run(work / "predict-run")
-    made.path.mkdir()
-    made.save_config(cfg)
-    classes = sorted(p.name for p in folder.iterdir())
-    made.write_data({"classes": classes})
-    keras.utils.set_random_seed(0)
-    build_model(cfg.model, plan.speed_size, len(classes)).save(made.model)
-    run, files, batch = load_run(made), walk(folder)[0], 32
+    run, files, batch = load_run(_vgg16_run(work, source, plan.speed_size)), walk(folder)[0], 32
 
     def command() -> float:
         start, skipped = time.perf_counter(), []
@@ -529,11 +540,99 @@ def _prefix_section(plan: Plan, prefix: dict, e2e: dict, load: tuple[float, floa
     return "\n".join(lines + [""])
 
 
-def _write_prefix_section(path: Path, section: str) -> None:
-    """Replace the prefix-cache section of BENCHMARKS.md (from its marker to the end), keeping the rest."""
+SECTIONS = ("<!-- prefix-cache -->", "<!-- predict-memory -->")  # in their order in BENCHMARKS.md
+
+
+def _write_section(path: Path, section: str) -> None:
+    """Replace one section of BENCHMARKS.md (from its marker, its first line, to the next section's marker or the
+    end), keeping the rest; a missing section goes in its place in SECTIONS' order."""
     text = path.read_text() if path.exists() else ""
-    head = text.split("<!-- prefix-cache -->")[0].rstrip("\n")
-    write_text(path, (head + "\n\n" if head else "") + section)
+    parts = {"": text}
+    for marker in SECTIONS:
+        for key, part in list(parts.items()):
+            if marker in part:
+                parts[key], rest = part.split(marker, 1)
+                parts[marker] = marker + rest
+    parts[section.split("\n", 1)[0]] = section
+    ordered = [parts.get("", "").rstrip("\n"), *(parts[m].rstrip("\n") for m in SECTIONS if m in parts)]
+    write_text(path, "\n\n".join(p for p in ordered if p) + "\n")
+
+
+PEER = "detect-tumor 0.1.1"
+# The peer's documented use (detect_tumor README): one TumorDetector, .predict(path) per image
+PEER_LOOP = """import sys
+from pathlib import Path
+from detect_tumor import TumorDetector
+detector = TumorDetector()
+for path in sorted(p for p in Path(sys.argv[1]).rglob('*') if p.suffix.lower() in ('.jpg', '.jpeg', '.png')):
+    detector.predict(str(path))
+"""
+MEMORY_BATCHES = (1, 4, 8, 16, 32, 64)
+MEMORY_LIMIT = 2**30  # the issue's bound for predict's default batch: under 1 GB, at least 2x the peer's speed
+
+
+def _peak(command: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak resident memory (bytes) of one whole process, start-up and model load included."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-500:]}")
+    process.stderr.close()
+    return seconds, usage.ru_maxrss * 1024  # Linux reports KiB
+
+
+def predict_memory(source: Path, work: Path) -> dict:
+    """(9) `braintumor predict --json` on the Testing folder with a VGG16 224 px float32 run, one process per
+    batch size, then the peer's loop on the same folder."""
+    from braintumor.data.files import walk
+
+    folder = source / "Testing"
+    images = len(walk(folder)[0])
+    run = _vgg16_run(work, source, STUDY_SIZE)
+    sides = {}
+    for batch in MEMORY_BATCHES:
+        _say(f"(9) braintumor predict, vgg16 {STUDY_SIZE} px, {images} images, --batch-size {batch} ...")
+        sides[batch] = _peak([sys.executable, "-m", "braintumor", "predict", "--run", str(run.path), str(folder),
+                              "--json", "--batch-size", str(batch)])
+        _say(f"    {sides[batch][0]:.1f} s, peak {sides[batch][1] / 2**20:.0f} MiB")
+    try:
+        import detect_tumor  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        peer = None
+        _say(f"(9) {PEER} is not installed (pip install detect-tumor==0.1.1): no peer column")
+    else:
+        _say(f"(9) {PEER}, {images} images one at a time ...")
+        peer = _peak([sys.executable, "-c", PEER_LOOP, str(folder)])
+        _say(f"    {peer[0]:.1f} s, peak {peer[1] / 2**20:.0f} MiB")
+    return {"images": images, "sides": sides, "peer": peer}
+
+
+def _memory_section(memory: dict, load: tuple[float, float]) -> str:
+    images, peer = memory["images"], memory["peer"]
+    lines = ["<!-- predict-memory -->", "## predict: peak memory against batch size (issue 17)", "",
+             f"Written by `python scripts/bench.py --only memory` on {datetime.now():%Y-%m-%d %H:%M}; 1-minute load "
+             f"average at the start and end: {load[0]:.2f}, {load[1]:.2f}. Each row is one whole process, start-up "
+             f"and model load included: `braintumor predict --run RUN Testing/ --json --batch-size N` on the "
+             f"{images} Testing images with a VGG16 run at {STUDY_SIZE} px (float32, random weights: speed and "
+             f"memory do not depend on weight values); peak resident memory from the kernel (wait4)."
+             + (f" The peer: {PEER} from PyPI (VGG16 ONNX at 240 px on onnxruntime, one image per call, as its "
+                "README shows), on the same folder." if peer else f" {PEER} was not installed: no peer row."), "",
+             "| command | batch | wall | images/s | peak memory |", "|---|---|---|---|---|"]
+    for batch, (seconds, peak) in memory["sides"].items():
+        lines.append(f"| braintumor predict | {batch} | {seconds:.1f} s | {images / seconds:.1f} | "
+                     f"{peak / 2**20:.0f} MiB |")
+    if peer:
+        lines.append(f"| {PEER} | 1 | {peer[0]:.1f} s | {images / peer[0]:.1f} | {peer[1] / 2**20:.0f} MiB |")
+    fitting = [b for b, (s, m) in memory["sides"].items()
+               if m < MEMORY_LIMIT and (peer is None or s * 2 <= peer[0])]
+    if fitting:
+        best = min(fitting, key=lambda b: memory["sides"][b][0])
+        lines += ["", f"Fastest batch under 1 GiB{' and at least 2x the peer' if peer else ''}: **{best}**."]
+    else:
+        lines += ["", "No batch size stayed under 1 GiB" + (" at 2x the peer's speed" if peer else "") + "."]
+    return "\n".join(lines + [""])
 
 
 # ---------------------------------------------------------------- report
@@ -617,8 +716,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller settings, under 10 minutes on 2 cores")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="the real data set (Training/, Testing/)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown report to write")
-    parser.add_argument("--only", choices=["all", "prefix"], default="all",
-                        help="prefix: only figures 6 and 7 (issue 12), replacing their section of the report")
+    parser.add_argument("--only", choices=["all", "prefix", "memory"], default="all",
+                        help="prefix: only figures 6 and 7 (issue 12); memory: only figure 9 (issue 17); each "
+                        "replaces its own section of the report")
     parser.add_argument("--prefix-sizes", help="figure 6's image sizes, comma-separated (default: 128,224); "
                         "the study tables need 224, figure 7 runs where 128 is among them")
     parser.add_argument("--prefix-steps", type=int, help="figure 6's timed rounds (default: the plan's)")
@@ -633,6 +733,14 @@ def main() -> None:
         plan = dataclasses.replace(plan, prefix_steps=args.prefix_steps)
     start, load_before = time.perf_counter(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="braintumor-bench-"))
+    if args.only == "memory":
+        try:
+            section = _memory_section(predict_memory(source, work), (load_before, os.getloadavg()[0]))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        _write_section(Path(args.out), section)
+        print(section)
+        return
     try:
         prefix = prefix_speed(plan, source, work)
         e2e = end_to_end(plan, source, work) if 128 in plan.prefix_sizes else None
@@ -641,7 +749,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     section = _prefix_section(plan, prefix, e2e, (load_before, os.getloadavg()[0]))
     if args.only == "prefix":
-        _write_prefix_section(Path(args.out), section)
+        _write_section(Path(args.out), section)
         print(section)
         return
     try:
@@ -650,12 +758,15 @@ def main() -> None:
         pipe = _fresh(pipeline, plan, source, work)
         speed = _fresh(precision_and_xla, plan, source, work)
         predict_row = _fresh(predict_throughput, plan, source, work)
+        memory = predict_memory(source, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [*_rows(plan, fc, decode, pipe, speed), predict_row]
     seconds = time.perf_counter() - start
     report = _markdown(plan, _machine(), rows, seconds, source, (load_before, os.getloadavg()[0]))
-    write_text(Path(args.out), report + "\n" + section)
+    write_text(Path(args.out), report)
+    for part in (section, _memory_section(memory, (load_before, os.getloadavg()[0]))):
+        _write_section(Path(args.out), part)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure':<{width}}  {'ratio':>8}  target")
     for figure, _, ratio, target in rows:

@@ -14,6 +14,15 @@ needs_real_data = pytest.mark.skipif(
     not REAL_DATA.is_dir(), reason="real data set not at ../shared/data/brain-tumor-mri (CI has it)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """pytest-xdist's loadgroup: each test file stays on one worker, in order (its module fixtures: a trained run, a
+    SLURM cluster, a browser), unless its tests name their own groups, as test_every_config.py does per model
+    family so that its families share the two workers."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """Training 16 and Testing 6 images per class, 96 px JPEGs."""

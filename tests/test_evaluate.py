@@ -11,7 +11,8 @@ import pytest
 from braintumor.cli import main
 from braintumor.data.synth import make_dataset
 
-RUN_ONLY_KEYS = {"split", "best_epoch", "train_seconds", "data_root", "run"}  # stored by a run or an evaluation only
+# stored by a run or an evaluation only
+RUN_ONLY_KEYS = {"split", "best_epoch", "train_seconds", "protocol", "data_root", "run"}
 
 
 @pytest.fixture

@@ -35,6 +35,23 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 LISTINGS = [p for p in SHIPPED if "configs" in (yaml.safe_load(p.read_text()) or {})]
 EXPERIMENTS = [p for p in SHIPPED if p not in LISTINGS]
+# ResNet50's and InceptionV3's configs run in the extended tier (`pytest -m extended`), outside CI's 10 minutes:
+# TensorFlow spends minutes of CPU on their graphs however tiny the data (InceptionV3's first full-training step
+# took 67 s; each export about a minute per format). Their Grad-CAM layer and fine-tune boundary, per mode, are
+# checked in seconds by tests/test_gradcam.py and tests/test_models.py.
+CI_FAMILIES = {"simple_cnn", "vgg16"}
+
+
+def _family(config: Path) -> str:
+    return load_config(config).model.backbone
+
+
+def _param(config: Path):
+    """One config, grouped with its model family on one xdist worker (configs of a family share their exports)."""
+    family = _family(config)
+    marks = [pytest.mark.xdist_group(f"every-config-{family}")]
+    return pytest.param(config, id=config.stem, marks=marks if family in CI_FAMILIES else
+                        [*marks, pytest.mark.extended])
 FORMATS = ["onnx", "savedmodel", "tflite"]
 
 
@@ -84,7 +101,7 @@ class Trained:
         return self.reference
 
 
-@pytest.fixture(scope="module", params=EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+@pytest.fixture(scope="module", params=[_param(p) for p in EXPERIMENTS])
 def trained(request, tiny_root, tmp_path_factory) -> Trained:
     """One tiny training run of this config; module-scoped and parametrized, so pytest runs every command
     of one config before training the next, and the run is deleted when its config is done."""
@@ -152,17 +169,21 @@ NOT_THE_GRAPH = ("trainable", "compile_config", "shared_object_id")
 
 
 def _architecture(run_dir: Path) -> str:
-    """model.keras's layer graph without what training alone sets (trainable flags, the optimizer) and the
-    object ids Keras writes to mark shared objects."""
+    """model.keras's inference graph: its layer graph without what training alone sets (trainable flags, the
+    optimizer, a frozen backbone called with training=False: an export runs every layer in inference mode anyway),
+    the object ids Keras writes to mark shared objects, and the model's name (which names the mode)."""
     def strip(node):
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k not in NOT_THE_GRAPH}
+            return {k: strip(v) for k, v in node.items()
+                    if k not in NOT_THE_GRAPH and not (k == "training" and v is False)}
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node
 
     with zipfile.ZipFile(run_dir / "model.keras") as archive:
-        graph = json.dumps(strip(json.loads(archive.read("config.json"))), sort_keys=True)
+        model = json.loads(archive.read("config.json"))
+    model["config"].pop("name")
+    graph = json.dumps(strip(model), sort_keys=True)
     return re.sub(r'"input_layer(_\d+)?"', '"input_layer"', graph)  # Keras numbers unnamed inputs per process
 
 

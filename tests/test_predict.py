@@ -86,6 +86,9 @@ def test_bad_arguments_fail_in_one_line(trained_run, synth_root, capsys):
     assert main(["predict", "--run", str(trained_run), image, "--gradcam-class", "nope", "--gradcam", "x"]) == 2
     assert "use one of: glioma_tumor" in capsys.readouterr().err
     assert main(["predict", "--run", str(trained_run), image, "--batch-size", "0"]) == 2
+    capsys.readouterr()
+    assert main(["predict", "--run", str(trained_run), image, "--batch-size", "100000"]) == 2
+    assert "is over 1024, the most images one model call may take" in capsys.readouterr().err
     assert main(["predict", "--run", str(trained_run) + "-missing", image]) == 2
 
 

@@ -94,8 +94,11 @@ def runs(tmp_path_factory, synth_root) -> dict:
     result["files_after_first"] = _cache_files(base)
     result["again"], result["again_log"] = _run(_config(synth_root, base))
     result["files_after_again"] = _cache_files(base)
-    result["tune_naive"], result["tune_naive_log"] = _run(_config(synth_root, base, "fine-tune", prefix_cache=False))
-    result["tune_cached"], result["tune_cached_log"] = _run(_config(synth_root, base, "fine-tune"))
+    # two epochs: Adam's steps on a random VGG16's tiny gradients magnify float32 sums taken in another order
+    # (2.3e-4 in a probability after three epochs, against 1e-4 here)
+    result["tune_naive"], result["tune_naive_log"] = _run(_config(synth_root, base, "fine-tune", epochs=2,
+                                                                  prefix_cache=False))
+    result["tune_cached"], result["tune_cached_log"] = _run(_config(synth_root, base, "fine-tune", epochs=2))
     return result
 
 
@@ -103,8 +106,7 @@ def test_fine_tune_on_the_cached_prefix_equals_the_naive_fine_tune(runs):
     assert "prefix cache: off (train.prefix_cache is false)" in runs["tune_naive_log"]
     assert "prefix cache: on at vgg16/block4_pool" in runs["tune_cached_log"]
     assert "prefix cache: miss for the 96 training images" in runs["tune_cached_log"]  # 48 + 48 augmented copies
-    # float32 sums in another order drift over three epochs of training: 1.07e-4 in one loss on 2026-12-03
-    _assert_same_results(runs["tune_cached"], runs["tune_naive"], atol=2e-4)
+    _assert_same_results(runs["tune_cached"], runs["tune_naive"], atol=1e-4)
     env = json.loads((runs["tune_cached"] / "env.json").read_text())
     assert env["prefix_cache"].startswith("on at vgg16/block4_pool")
     model = load_run_model(Run(runs["tune_cached"]))  # the whole model, block5 trained
@@ -113,8 +115,8 @@ def test_fine_tune_on_the_cached_prefix_equals_the_naive_fine_tune(runs):
     naive = load_run_model(Run(runs["tune_naive"]))
     block5 = [(a, b) for a, b in zip(model.get_layer("vgg16").layers, naive.get_layer("vgg16").layers, strict=True)
               if a.name.startswith("block5_conv")]
-    for ours, theirs in block5:
-        np.testing.assert_allclose(ours.get_weights()[0], theirs.get_weights()[0], atol=1e-5)
+    for ours, theirs in block5:  # within a tenth of one Adam step (1e-3): 14 of 2.4M weights moved by up to 1.8e-5
+        np.testing.assert_allclose(ours.get_weights()[0], theirs.get_weights()[0], atol=1e-4)
 
 
 def test_feature_extraction_is_the_special_case_cut_after_pooling(runs):

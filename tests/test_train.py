@@ -16,9 +16,10 @@ import yaml
 from braintumor.cli import main
 from braintumor.results.reports import read_predictions
 
-CONTRACT = ["status.json", "config.yaml", "env.json", "data.json", "history.csv", "model.keras", "metrics.json",
-            "classification_report.txt", "confusion_matrix.png", "curves.png", "predictions.csv", "train.log",
-            "tensorboard", "calibration.npz", "calibration.json"]
+CONTRACT = ["status.json", "config.yaml", "env.json", "data.json", "split.csv", "history.csv", "model.keras",
+            "metrics.json", "classification_report.txt", "confusion_matrix.png", "curves.png", "predictions.csv",
+            "train.log", "tensorboard", "calibration.npz",
+            "calibration.json"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

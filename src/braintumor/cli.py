@@ -22,6 +22,7 @@ from braintumor.apps.commands import (
     export,
     predict,
     serve,
+    split,
     sweep,
     synth,
     train,
@@ -31,7 +32,7 @@ from braintumor.core.errors import UserError
 from braintumor.core.logs import setup_console
 
 COMMANDS = (train, validate, evaluate, calibrate, compare, sweep, predict, export, serve)
-DATA_COMMANDS = (synth, audit, download)  # braintumor data <command>
+DATA_COMMANDS = (synth, audit, split, download)  # braintumor data <command>
 
 DESCRIPTION = """\
 Train and compare brain MRI tumour classifiers (glioma, meningioma, pituitary, no tumour) with
@@ -42,7 +43,8 @@ first run (synthetic data, no download, about a minute on a laptop CPU):
 
 the usual path with the real data set:
   braintumor data download            fetch and verify it into data/brain-tumor-mri
-  braintumor data audit ROOT          duplicates, label conflicts, Training/Testing shift
+  braintumor data audit ROOT          duplicates, twin groups, label conflicts, Training/Testing shift
+  braintumor data split ROOT ...      a twin-group-aware clean or k-fold split as CSV
   braintumor validate CONFIG...       check configs in a second
   braintumor train CONFIG             train one experiment into outputs/<name>-<time>/
   braintumor evaluate --run RUN_DIR   score a trained run on a split or another folder
@@ -83,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show tracebacks for errors and TensorFlow's start-up messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_commands(commands, COMMANDS, [debug])
-    data = commands.add_parser("data", help="data set tools: synth, audit, download", description="Data set tools.",
+    data = commands.add_parser("data", help="data set tools: synth, audit, split, download",
+                               description="Data set tools.",
                                parents=[debug], formatter_class=_HelpFormatter)
     _add_commands(data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND"),
                   DATA_COMMANDS, [debug])

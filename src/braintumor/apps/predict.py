@@ -27,7 +27,7 @@ from braintumor.core.errors import UserError, describe
 from braintumor.core.run import Run
 from braintumor.data.decode import decode_image
 from braintumor.data.files import walk
-from braintumor.engine.scoring import PREDICT_BATCH, Scorer, Scores, load_scorer
+from braintumor.engine.scoring import Scorer, Scores, load_scorer
 from braintumor.results.cells import one_line
 from braintumor.results.reports import ood_cells, prediction_header, write_csv
 
@@ -172,14 +172,12 @@ def _check_gradcam_dir(gradcam_dir: Path, paths: list[Path], files: list[Path], 
     _check_writable(gradcam_dir, "--gradcam", gradcam_dir)
 
 
-def predict_paths(run: Run, paths: list[Path], batch_size: int = PREDICT_BATCH, tta: bool = False,
+def predict_paths(run: Run, paths: list[Path], batch_size: int, tta: bool = False,
                   gradcam_dir: Path | None = None, gradcam_class: str | None = None,
                   ) -> tuple[list[Prediction], list[dict], list[str]]:
     """Predictions for the readable files, the skipped files with reasons, and the class order.
 
     The inputs and the Grad-CAM folder are checked before the model loads, so a bad output path costs no work."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size} is not positive; give a batch size of 1 or more")
     files, skipped = expand_paths(paths)
     names = None
     if gradcam_dir is not None:
@@ -238,9 +236,8 @@ def write_predictions_csv(path: Path, predictions: list[Prediction], classes: li
         for p in predictions))
 
 
-def run_predict(run: Run, paths: list[Path], as_json: bool = False, csv_path: Path | None = None,
-                gradcam_dir: Path | None = None, gradcam_class: str | None = None, tta: bool = False,
-                batch_size: int = PREDICT_BATCH) -> None:
+def run_predict(run: Run, paths: list[Path], batch_size: int, as_json: bool = False, csv_path: Path | None = None,
+                gradcam_dir: Path | None = None, gradcam_class: str | None = None, tta: bool = False) -> None:
     """`braintumor predict`: results on stdout (lines or JSON; one line per image, names escaped), skipped files
     on stderr."""
     if csv_path is not None:

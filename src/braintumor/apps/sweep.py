@@ -47,6 +47,7 @@ class PlannedRun:
     overrides: list[str]  # the sweep's --set values for this run (a grid value included)
     label: str  # the config's label (or name), plus the grid values: runs of one configuration share it
     folder: str  # the run folder's name in the sweep folder, fixed by the plan: the child trains exactly there
+    fold: int | None = None  # with --folds: the kfold fold this run tests (its overrides set data.fold)
 
     def run_in(self, sweep_dir: Path) -> Run:
         return Run(sweep_dir / self.folder)
@@ -98,8 +99,18 @@ def expand_configs(paths: list[Path]) -> list[Path]:
     return configs
 
 
-def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str]) -> list[PlannedRun]:
-    """Every run of the sweep, in order: config, then grid values, then seed. Bad configs fail here."""
+def fold_overrides(folds: int | None) -> list[list[str]]:
+    """The overrides of each fold's run with --folds K (kfold, fold 0 .. K-1); one empty entry without."""
+    if folds is None:
+        return [[]]
+    if not 2 <= folds <= 20:
+        raise UserError(f"--folds {folds} is not allowed; use an integer from 2 to 20")
+    return [["data.protocol=kfold", f"data.folds={folds}", f"data.fold={fold}"] for fold in range(folds)]
+
+
+def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str],
+         folds: int | None = None) -> list[PlannedRun]:
+    """Every run of the sweep, in order: config, then grid values, then seed, then fold. Bad configs fail here."""
     fixed, grid = [], []
     for override in overrides:
         key, sep, text = override.partition("=")
@@ -117,10 +128,14 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str]) -> 
             varied = [(key.split(".")[-1], value) for key, value in (item.split("=", 1) for item in combination)]
             label = " ".join([base.label or base.name, *(f"{key}={value}" for key, value in varied)])
             for seed in seeds if seeds is not None else [cfg.seed]:
-                run_id = re.sub(r"[^A-Za-z0-9._-]+", "_",
-                                "-".join([base.name, *(f"{key}-{value}" for key, value in varied), f"s{seed}"]))
-                runs.append(PlannedRun(len(runs), run_id, str(path), seed, [*fixed, *combination], label,
-                                       folder=run_id))
+                for fold, per_fold in enumerate(fold_overrides(folds)):
+                    if per_fold:
+                        load_config(path, [*fixed, *combination, *per_fold])  # each fold's config must be valid too
+                    name = "-".join([base.name, *(f"{key}-{value}" for key, value in varied),
+                                     *([f"f{fold}"] if per_fold else []), f"s{seed}"])
+                    run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+                    runs.append(PlannedRun(len(runs), run_id, str(path), seed, [*fixed, *combination, *per_fold],
+                                           label, folder=run_id, fold=fold if per_fold else None))
     ids = [run.id for run in runs]
     duplicates = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
     if duplicates:
@@ -129,10 +144,11 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str]) -> 
     return runs
 
 
-def create_sweep(config_paths: list[Path], seeds: str | None, overrides: list[str], name: str | None) -> Path:
+def create_sweep(config_paths: list[Path], seeds: str | None, overrides: list[str], name: str | None,
+                 folds: int | None = None) -> Path:
     """Plan the sweep and write its folder with manifest.json; returns the folder."""
     configs = expand_configs(config_paths)
-    runs = plan(configs, parse_seeds(seeds), overrides)
+    runs = plan(configs, parse_seeds(seeds), overrides, folds)
     name = name or (config_paths[0].stem if len(config_paths) == 1 else "sweep")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise UserError(f"--name {name!r} may hold only letters, digits, '.', '_' and '-'")
@@ -141,7 +157,7 @@ def create_sweep(config_paths: list[Path], seeds: str | None, overrides: list[st
     (sweep_dir / "logs").mkdir()
     write_json(sweep_dir / MANIFEST, {
         "name": name, "created": rundir.timestamp(), "workdir": os.getcwd(),
-        "command": sys.argv, "runs": [asdict(run) for run in runs],
+        "command": sys.argv, "folds": folds, "runs": [asdict(run) for run in runs],
     })
     log.info(f"sweep {name}: {len(runs)} runs ({len(configs)} configs) in {sweep_dir}")
     return sweep_dir

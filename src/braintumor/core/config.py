@@ -57,6 +57,14 @@ class DataConfig:
     make_synthetic_if_missing: bool = False
     exclude_test_twins: bool = False  # drop Training images with an exact/near duplicate in Testing
     channels: Literal[1, 3] = 3  # 1: the model averages RGB into one intensity channel (from-scratch models)
+    # how images are split (data/splits.py); every protocol carves validation group-aware from the training part.
+    # official: the train_dir and test_dir folders; clean: a seeded, stratified, twin-group-aware re-split of all
+    # images (test_fraction in test); kfold: StratifiedGroupKFold over all images, `fold` tests, the others train
+    protocol: Literal["official", "clean", "kfold"] = "official"
+    test_fraction: float = 0.2  # clean only
+    folds: int = 5  # kfold only
+    fold: int = 0  # kfold (or a split_file with fold numbers): the fold that tests
+    split_file: str | None = None  # a CSV written by `braintumor data split` (or a run's split.csv); wins over protocol
 
     def validate(self, check: _Check) -> None:
         check(8 <= self.image_size <= 1024, "image_size", "an integer from 8 to 1024")
@@ -64,6 +72,12 @@ class DataConfig:
         check(self.classes is None or len(set(self.classes)) == len(self.classes) >= 2,
               "classes", "null (discover) or a list of at least two distinct folder names")
         check(len(set(self.preprocess)) == len(self.preprocess), "preprocess", "each step at most once")
+        check(0 < self.test_fraction < 0.5, "test_fraction", "a number above 0 and below 0.5")
+        check(2 <= self.folds <= 20, "folds", "an integer from 2 to 20")
+        check(0 <= self.fold < self.folds, "fold", f"an integer from 0 to {self.folds - 1} (data.folds - 1)")
+        check(not self.exclude_test_twins or (self.protocol == "official" and self.split_file is None),
+              "exclude_test_twins", "false unless data.protocol is official without data.split_file (the other "
+              "splits keep twins on one side already)")
 
 
 @dataclass

@@ -26,14 +26,15 @@ import numpy as np
 
 from braintumor.core import cache
 from braintumor.core import config as config_file
-from braintumor.core.atomic import write_json
+from braintumor.core.atomic import write_json, write_text
 from braintumor.core.errors import UserError, describe
 from braintumor.core.rundir import NO_SPACE, read_json, remove_partials, timestamp, unique_dir
 
 STATUS = "status.json"  # state (running, completed, failed), the error, start and finish times
 CONFIG = "config.yaml"  # the resolved config, every key
 ENV = "env.json"  # versions, device, precision and XLA with their reasons
-DATA = "data.json"  # files per split, skipped files, the validation file list
+DATA = "data.json"  # files per split, skipped files, the validation file list, the protocol
+SPLIT = "split.csv"  # every image's side (train, validation, test, excluded) and twin group: the split trained on
 HISTORY = "history.csv"  # one row per epoch
 MODEL = "model.keras"  # the whole model, with the weights of the best epoch
 TRAIN_LOG = "train.log"
@@ -189,6 +190,10 @@ class Run(Reports):
         return self.path / DATA
 
     @property
+    def split(self) -> Path:
+        return self.path / SPLIT
+
+    @property
     def history(self) -> Path:
         return self.path / HISTORY
 
@@ -265,6 +270,10 @@ class Run(Reports):
     def write_data(self, summary: dict) -> None:
         """data.json: what the data loader found (`Dataset.summary()`)."""
         write_json(self.data, summary)
+
+    def write_split(self, csv_text: str) -> None:
+        """split.csv: the split file of the data the run trained on (`Dataset.split_csv`, data/splits.py)."""
+        write_text(self.split, csv_text)
 
     def classes(self) -> list[str]:
         """The class names in the model's output order."""

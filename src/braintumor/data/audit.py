@@ -34,6 +34,7 @@ from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.core.rundir import staged_dir
 from braintumor.data.files import IMAGE_EXTENSIONS, SPLITS, ImageFile, scan_tree
+from braintumor.data.groups import groups_from_pairs
 from braintumor.data.twins import (
     CORRELATION_MIN,
     DARK_LEVEL,
@@ -136,8 +137,9 @@ def _prefixes(images: list[ImageFile]) -> dict:
 
 def _duplicates(images: list[ImageFile], sigs: Signatures, root: Path) -> dict:
     index = np.arange(len(images))
+    found = match_pairs(sigs, index, index, within=True)
     pairs = []
-    for i, j, kind, hamming, correlation in match_pairs(sigs, index, index, within=True):
+    for i, j, kind, hamming, correlation in found:
         if images[i].split == "Training" and images[j].split == "Testing":
             i, j = j, i  # cross-split pairs list the Testing file first
         a, b = images[i], images[j]
@@ -163,6 +165,7 @@ def _duplicates(images: list[ImageFile], sigs: Signatures, root: Path) -> dict:
         "label_conflicts": [p for p in pairs if p["class_a"] != p["class_b"]],
         "testing_files_with_training_twin": len({p["a"] for p in across}),
         "training_files_with_testing_twin": len({p["b"] for p in across}),
+        "twin_groups": groups_from_pairs(images, root, sigs.sha256, found).summary(),
         "pairs": pairs,
     }
 
@@ -253,6 +256,19 @@ def _markdown(report: dict) -> str:
               "| kind | where | file | class | file | class | r |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {p['kind']} | {p['where']} | {md(p['a'])} | {md(p['class_a'])} | {md(p['b'])} | "
               f"{md(p['class_b'])} | {p['correlation']} |" for p in report["label_conflicts"]]
+    twin = report["twin_groups"]
+    lines += ["", "## Twin groups", "",
+              "A group joins the images connected by exact or near twins (union-find over both splits); the grouped "
+              "split protocols (`data.protocol: clean | kfold`, `braintumor data split`) keep each group on one side "
+              "and exclude the label conflicts.", "",
+              f"{twin['groups']} groups of {twin['images']} images; {twin['multi_image_groups']} hold more than one "
+              f"image ({twin['images_in_multi_image_groups']} images, the largest {twin['largest']}); "
+              f"{twin['spanning_splits']} span both Training and Testing; {len(twin['label_conflicts'])} carry two "
+              "labels.", "", "| group size | groups |", "|---|---|"]
+    lines += [f"| {size} | {count} |" for size, count in twin["size_distribution"].items()]
+    lines += ["", "| conflict group | classes | files |", "|---|---|---|"]
+    lines += [f"| {c['group']} | {md(', '.join(c['classes']))} | {md(', '.join(c['files']))} |"
+              for c in twin["label_conflicts"]]
     lines += ["", "## File-name prefixes", "",
               "Prefix = the letters before the first digit or punctuation. A prefix gives the class away when "
               ">= 95 % of its (>= 5) files sit in one class.", ""]
@@ -285,6 +301,10 @@ def _log_summary(report: dict, out_dir: Path) -> None:
     log.info(f"label conflicts: {len(conflicts)} pairs"
           + "".join(f"\n  {p['a']} ({p['class_a']}) = {p['b']} ({p['class_b']})" for p in conflicts[:5])
           + ("\n  ..." if len(conflicts) > 5 else ""))
+    twin = report["twin_groups"]
+    log.info(f"twin groups: {twin['groups']} ({twin['multi_image_groups']} of more than one image, largest "
+             f"{twin['largest']}); {twin['spanning_splits']} span both splits; {len(twin['label_conflicts'])} label "
+             "conflicts (excluded by the grouped protocols)")
     log.info("shift Training->Testing (Wasserstein / std): "
           + ", ".join(f"{r['class']} {r['score']} ({r['top_feature']})" for r in report["shift"][:4]))
     for split, found in report["filename_prefixes"].items():
@@ -294,7 +314,8 @@ def _log_summary(report: dict, out_dir: Path) -> None:
     log.info(f"wrote {out_dir} ({report['seconds']} s)")
 
 
-def _check_root(root: Path) -> None:
+def check_root(root: Path) -> None:
+    """One line when ROOT is not a folder holding Training/ and Testing/."""
     if not root.is_dir():
         raise UserError(f"data root {root} not found; fetch it with `braintumor data download --dest {root}` "
                         "or pass the folder that holds Training/ and Testing/")
@@ -308,7 +329,7 @@ def run_audit(root: Path, out_dir: Path | None = None) -> dict:
     """Audit ROOT/{Training,Testing}/<class>/*; write audit.json, audit.md and example_pairs.png."""
     started = time.perf_counter()
     root = Path(root)
-    _check_root(root)
+    check_root(root)
     out_dir = Path(out_dir) if out_dir else Path("outputs") / f"audit-{datetime.now():%Y%m%d-%H%M%S}"
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty; choose a new --out folder")

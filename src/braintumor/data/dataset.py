@@ -1,4 +1,5 @@
-"""The data set: class folders, decoded splits, the stratified validation split, Testing twins dropped.
+"""The data set: class folders, decoded splits, the protocol's train / validation / test parts (data/splits.py),
+Testing twins dropped.
 
 Images are kept as uint8 RGB arrays in [0, 255] at `image_size`; each model applies its own
 backbone preprocessing, so one cache serves every backbone.
@@ -11,13 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
+from braintumor.core.cache import file_sha256
 from braintumor.core.config import SYNTHETIC_ROOT, Config, DataConfig
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
+from braintumor.data import splits
 from braintumor.data.decode import decode_files
-from braintumor.data.files import subfolders, walk
+from braintumor.data.files import ImageFile, subfolders, walk
+from braintumor.data.groups import Groups, find_groups
 from braintumor.data.synth import make_dataset
 from braintumor.data.twins import find_test_twins
 
@@ -32,6 +35,10 @@ class Split:
 
     def subset(self, index: np.ndarray) -> Split:
         return Split([self.files[i] for i in index], self.labels[index], self.images[index])
+
+    def __add__(self, other: Split) -> Split:
+        return Split(self.files + other.files, np.concatenate([self.labels, other.labels]),
+                     np.concatenate([self.images, other.images]))
 
     def counts(self, classes: list[str]) -> dict[str, int]:
         tally = Counter(self.labels.tolist())
@@ -49,6 +56,8 @@ class Dataset:
     skipped: list[dict] = field(default_factory=list)  # unreadable images: file, reason
     ignored: list[str] = field(default_factory=list)  # files that are not images
     dropped_twins: list[str] = field(default_factory=list)  # Training files with a twin in Testing
+    protocol: dict = field(default_factory=dict)  # name (official, clean, kfold, split_file) and its settings
+    split_csv: str = ""  # the split file of this data set: every image's side (train, validation, test, excluded)
 
     def summary(self) -> dict:
         """The content of data.json."""
@@ -56,6 +65,7 @@ class Dataset:
         return {
             "root": str(self.root),
             "classes": self.classes,
+            "protocol": self.protocol,
             "on_disk": {split: {**counts, "total": sum(counts.values())} for split, counts in self.on_disk.items()},
             "counts": {name: {**split.counts(self.classes), "total": len(split.files)}
                        for name, split in splits.items()},
@@ -153,31 +163,74 @@ def find_classes(cfg: DataConfig) -> list[str]:
 
 
 def load_dataset(cfg: Config, classes: list[str] | None = None) -> Dataset:
-    """Training (minus a stratified validation split) and Testing, as the config says."""
+    """The train, validation and test parts the config's protocol makes of the images under data.root."""
     data = cfg.data
+    root = Path(data.root).expanduser()
     classes = classes or find_classes(data)
+    # a stale split file fails before any image is decoded
+    listed = splits.read_split_file(Path(data.split_file).expanduser(), root) if data.split_file else None
     train, train_on_disk, skipped_train, ignored_train = load_split(data, data.train_dir, classes)
     test, test_on_disk, skipped_test, ignored_test = load_split(data, data.test_dir, classes)
+    everything = train + test
+    groups = find_groups([ImageFile(origin, classes[label], root / file)
+                          for files, labels, origin in ((train.files, train.labels, data.train_dir),
+                                                        (test.files, test.labels, data.test_dir))
+                          for file, label in zip(files, labels.tolist(), strict=True)],
+                         root, Path(data.cache_dir).expanduser())
+    assignment, protocol = _assign(cfg, groups, listed)
     dropped: list[str] = []
     if data.exclude_test_twins:
-        train, dropped = _drop_test_twins(Path(data.root).expanduser(), train, test, data)
-    try:
-        train_index, val_index = train_test_split(
-            np.arange(len(train.files)), test_size=data.val_fraction, random_state=cfg.seed,
-            stratify=train.labels)
-    except ValueError as err:
-        raise UserError(f"cannot carve a stratified validation split of {data.val_fraction:g} from "
-                        f"{len(train.files)} Training images ({err}); add images or raise data.val_fraction") from err
+        dropped = _drop_test_twins(root, train, test, data)
+        twins = set(dropped)
+        for i, file in enumerate(groups.files):
+            if file in twins:
+                assignment.split[i] = splits.EXCLUDED
+                assignment.reason[i] = "twin of a Testing image (exclude_test_twins)"
+    splits.carve_validation(assignment, data.val_fraction, cfg.seed)
+    side = dict(zip(groups.files, assignment.split, strict=True))
+    parts = {name: everything.subset(np.array([i for i, f in enumerate(everything.files) if side[f] == name], int))
+             for name in (splits.TRAIN, splits.VALIDATION, splits.TEST)}
     on_disk = {data.train_dir: train_on_disk, data.test_dir: test_on_disk}
-    return Dataset(Path(data.root).expanduser(), classes, train.subset(np.sort(train_index)),
-                   train.subset(np.sort(val_index)), test, on_disk, skipped_train + skipped_test,
-                   ignored_train + ignored_test, dropped)
+    counts = ", ".join(f"{name} {len(part.files)}" for name, part in parts.items())
+    log.info(f"protocol {protocol['name']}: {counts} images, {assignment.split.count(splits.EXCLUDED)} excluded")
+    return Dataset(root, classes, parts[splits.TRAIN], parts[splits.VALIDATION], parts[splits.TEST], on_disk,
+                   skipped_train + skipped_test, ignored_train + ignored_test, dropped, protocol,
+                   assignment.to_csv())
 
 
-def _drop_test_twins(root: Path, train: Split, test: Split, cfg: DataConfig) -> tuple[Split, list[str]]:
+def _assign(cfg: Config, groups: Groups, listed: dict[str, tuple[str, str]] | None) -> tuple[splits.Assignment, dict]:
+    """Each image's side, train or test (or excluded), as data.split_file (`listed`) or data.protocol says; and the
+    protocol."""
+    data = cfg.data
+    if listed is not None:
+        path = Path(str(data.split_file)).expanduser()
+        sides = [listed.get(file, (splits.EXCLUDED, ""))[0] for file in groups.files]
+        reasons = [listed[file][1] if file in listed else "not in data.split_file" for file in groups.files]
+        folds = sorted({int(side) for side in sides if side.isdigit()})
+        if folds and data.fold not in folds:
+            raise UserError(f"data.split_file {path} has folds {folds[0]} to {folds[-1]}; set data.fold to one of them")
+        assignment = splits.Assignment(groups, sides, reasons)
+        protocol = {"name": "split_file", "split_file": str(path), "sha256": file_sha256(path),
+                    **({"fold": data.fold, "folds": len(folds)} if folds else {})}
+    elif data.protocol == "official":
+        assignment = splits.official_split(groups, data.train_dir)
+        protocol = {"name": "official"}
+    elif data.protocol == "clean":
+        assignment = splits.clean_split(groups, data.test_fraction, cfg.seed)
+        protocol = {"name": "clean", "test_fraction": data.test_fraction, "seed": cfg.seed}
+    else:
+        assignment = splits.kfold_split(groups, data.folds, cfg.seed)
+        protocol = {"name": "kfold", "folds": data.folds, "fold": data.fold, "seed": cfg.seed}
+    # a fold number becomes a side: the chosen fold tests, the others train
+    assignment.split = [(splits.TEST if int(side) == data.fold else splits.TRAIN) if side.isdigit() else side
+                        for side in assignment.split]
+    protocol["groups"] = int(groups.group.max()) + 1 if len(groups.files) else 0
+    return assignment, protocol
+
+
+def _drop_test_twins(root: Path, train: Split, test: Split, cfg: DataConfig) -> list[str]:
     twins = find_test_twins([root / f for f in train.files], [root / f for f in test.files],
                             cache_dir=Path(cfg.cache_dir).expanduser())
-    twin_files = {p.relative_to(root).as_posix() for paths in twins.values() for p in paths}
-    keep = np.array([i for i, f in enumerate(train.files) if f not in twin_files], dtype=int)
-    log.info(f"exclude_test_twins: dropped {len(train.files) - len(keep)} Training image(s) with a twin in Testing")
-    return train.subset(keep), sorted(twin_files)
+    twin_files = sorted({p.relative_to(root).as_posix() for paths in twins.values() for p in paths})
+    log.info(f"exclude_test_twins: dropped {len(twin_files)} Training image(s) with a twin in Testing")
+    return twin_files

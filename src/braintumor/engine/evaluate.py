@@ -85,11 +85,15 @@ def _print_summary(split: str, metrics: dict, n: int) -> None:
 
 def report_training_run(run: Run, cfg: Config, data: Dataset, best_epoch: int | None,
                         train_seconds: float, out: Reports) -> dict:
-    """Testing metrics (official and leak-free) and plots of a finished run, written into `out`."""
+    """Test-part metrics (official protocol: also leak-free) and plots of a finished run, written into `out`."""
     model = load_run_model(run)
     scorer = Scorer(model, fit_calibration(run, model, data))
-    about = {"split": cfg.data.test_dir, "best_epoch": best_epoch, "train_seconds": train_seconds}
-    metrics = _evaluate_split([scorer], data.test, data.classes, out.path, cfg.seed, about, cfg.data, leak_free=True)
+    protocol = data.protocol["name"]
+    about = {"split": "test" if protocol != "official" else cfg.data.test_dir, "protocol": protocol,
+             "best_epoch": best_epoch, "train_seconds": train_seconds}
+    # the grouped protocols keep twins on one side, so their metrics are leak-free already
+    metrics = _evaluate_split([scorer], data.test, data.classes, out.path, cfg.seed, about, cfg.data,
+                              leak_free=protocol == "official")
     reports.plot_curves(run.history, out.curves)
     return metrics
 
@@ -104,8 +108,9 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str = "Testing"
     data_cfg = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root,
                                    make_synthetic_if_missing=False)
     scorer = load_scorer(run)
-    if split == "validation":
-        chosen, _, _, _ = load_split(data_cfg, data_cfg.train_dir, classes)
+    if split == "validation":  # a grouped protocol draws validation images from both folders
+        chosen = load_split(data_cfg, data_cfg.train_dir, classes)[0] + load_split(data_cfg, data_cfg.test_dir,
+                                                                                   classes)[0]
         wanted = set(run.validation_files())
         chosen = chosen.subset(np.array([i for i, f in enumerate(chosen.files) if f in wanted], dtype=int))
     else:

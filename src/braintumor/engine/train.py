@@ -114,6 +114,7 @@ def run(cfg: Config, folder: Path | None = None) -> Path:
                     staged.reserve_space()
                     staged.save_config(cfg)
                     staged.write_data(prepared.data.summary())
+                    staged.write_split(prepared.data.split_csv)
                     staged.set_status("running")
             except BaseException as err:
                 run.path.rmdir()

@@ -3,8 +3,10 @@
 Runs are ranked only against runs scored on the same test files, and the best run of each such
 group is tested against the others with McNemar's test, so small differences are not over-read.
 Runs whose configs differ only in the seed form one configuration: its mean ± std and min–max over
-seeds are reported, and the study's per-backbone tables are built from the means. A run that cannot
-be compared (unfinished, damaged, missing files) is listed with what is wrong and what to do, and
+seeds are reported, and the study's per-backbone tables are built from the means. The folds of a k-fold
+cross-validation (`data.protocol: kfold`) are tested on different images, so they rank in groups of their own, but
+pool into one configuration like seeds; runs of two protocols never pool (the protocol is part of the config).
+A run that cannot be compared (unfinished, damaged, missing files) is listed with what is wrong and what to do, and
 the others are compared without it.
 """
 
@@ -40,13 +42,14 @@ TRAIN_MINUTES = "train_minutes"  # training wall time of a run (metrics.json's t
 # mean ± std, min–max per configuration
 SEED_STATS = ("accuracy", "macro_f1", "glioma_recall", "leak_free", TRAIN_MINUTES)
 NOT_CONFIGURATION = ("seed", "name", "output")  # config keys in which runs of one configuration may differ
+NOT_CONFIGURATION_DATA = ("fold",)  # ... and data keys: the folds of one cross-validation pool like seeds
 SUMMARY_COLUMNS = (
-    "group", "rank", "best", "label", "backbone", "folder", "n",
+    "group", "rank", "best", "label", "backbone", "protocol", "folder", "n",
     *(column for metric in METRICS for column in (
         metric.name, *((f"{metric.name}_ci_low", f"{metric.name}_ci_high") if metric.name in BOOTSTRAPPED else ()))),
     "seed",
 )
-CONFIGURATION_COLUMNS = ("group", "label", "backbone", "runs", "seeds",
+CONFIGURATION_COLUMNS = ("group", "label", "backbone", "protocol", "runs", "seeds",
                          *(f"{name}_{stat}" for name in SEED_STATS for stat in ("mean", "std", "min", "max")))
 PER_CLASS_COLUMNS = ("backbone", "group", "label", "class", "precision", "recall", "f1", "support",
                      "roc_auc")
@@ -69,6 +72,8 @@ class Result:
     configuration: str = ""  # the config without seed, name and output: equal for runs that differ only in seed
     config_label: str = ""  # the label before a folder name is added to tell runs apart
     seed: int | None = None
+    protocol: str = "official"  # data.protocol, or split_file
+    pool: str = ""  # where its configuration pools: its group, or for kfold every fold's group (see _configurations)
     group: str = ""
     rank: int = 0
 
@@ -90,7 +95,11 @@ class Configuration:
         return [v for v in (_value(result.metrics, name) for result in self.members) if v is not None]
 
     def seeds(self) -> str:
-        return " ".join(map(str, sorted((result.seed for result in self.members), key=str)))
+        return " ".join(map(str, sorted({result.seed for result in self.members}, key=str)))
+
+    @property
+    def protocol(self) -> str:
+        return self.members[0].protocol
 
     def mean_metrics(self) -> dict:
         """The study's figures (per class, averages, accuracy, loss) as the mean over the seeds."""
@@ -179,8 +188,15 @@ def _read_run(config_path: Path, outputs_dir: Path, include_eval: bool) -> tuple
         state = _state(run / contract.STATUS)
     except UserError as err:
         return [], [_not_compared(run, outputs_dir, label, "unknown", err, retrain)]
-    configuration = json.dumps({k: v for k, v in config.items() if k not in NOT_CONFIGURATION},
-                               sort_keys=True, default=str)
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    protocol = "split_file" if data.get("split_file") else str(data.get("protocol", "official"))
+    kept = {k: v for k, v in config.items() if k not in NOT_CONFIGURATION}
+    if data:
+        kept["data"] = {k: v for k, v in data.items() if k not in NOT_CONFIGURATION_DATA}
+    configuration = json.dumps(kept, sort_keys=True, default=str)
+    # the folds of one k-fold cross-validation test different images: their configuration pools over groups
+    pool = f"CV{data.get('folds')} ({data.get('folds')} folds of {data.get('root')}, seeds pooled)" \
+        if protocol == "kfold" else ""
     results, not_compared = [], []
     if state != "completed":
         not_compared.append(_not_compared(
@@ -205,7 +221,7 @@ def _read_run(config_path: Path, outputs_dir: Path, include_eval: bool) -> tuple
             not_compared.append(_not_compared(folder, outputs_dir, name, folder_state, err, action))
             continue
         result.configuration, result.config_label = key, name
-        result.seed = config.get("seed")
+        result.seed, result.protocol, result.pool = config.get("seed"), protocol, pool
         results.append(result)
     return results, not_compared
 
@@ -321,7 +337,8 @@ def _summary_rows(groups: dict[str, list[Result]]) -> list[dict]:
             rows.append({
                 "group": result.group, "rank": result.rank,
                 "best": "yes" if result.rank == 1 else "",
-                "label": result.label, "backbone": result.backbone, "folder": result.folder, "n": m["n"],
+                "label": result.label, "backbone": result.backbone, "protocol": result.protocol,
+                "folder": result.folder, "n": m["n"],
                 **{metric.name: metric.value(m) for metric in METRICS},
                 **{f"{name}_ci_{end}": m["ci95"][name][i] for name in BOOTSTRAPPED
                    for i, end in enumerate(("low", "high"))},
@@ -335,9 +352,10 @@ def _configurations(groups: dict[str, list[Result]]) -> list[Configuration]:
     configurations: dict[tuple[str, str], Configuration] = {}
     for name, members in groups.items():
         for result in members:
-            key = (name, result.configuration)
+            pool = result.pool or name
+            key = (pool, result.configuration)
             if key not in configurations:
-                configurations[key] = Configuration(result.config_label, result.backbone, name)
+                configurations[key] = Configuration(result.config_label, result.backbone, pool)
             configurations[key].members.append(result)
     return list(configurations.values())
 
@@ -346,7 +364,7 @@ def _configuration_rows(configurations: list[Configuration]) -> list[dict]:
     rows = []
     for configuration in configurations:
         row = {"group": configuration.group, "label": configuration.label, "backbone": configuration.backbone,
-               "runs": len(configuration.members),
+               "protocol": configuration.protocol, "runs": len(configuration.members),
                "seeds": configuration.seeds()}
         for name in SEED_STATS:
             values = configuration.values(name)
@@ -408,8 +426,9 @@ def _markdown(
         lines += [f"### {name}", "", _summary_markdown(rows), ""]
     lines += ["## Configurations over seeds", "",
               "Runs whose configs differ only in `seed` form one configuration: mean ± sample standard "
-              "deviation [min – max] over its runs. With a few hundred test images, a difference smaller than "
-              "the spread over seeds is not a finding.", "",
+              "deviation [min – max] over its runs. The folds of a k-fold cross-validation (`data.protocol: "
+              "kfold`, group CV<K>) pool the same way, over folds and seeds. Two protocols never pool. With a few "
+              "hundred test images, a difference smaller than the spread over seeds is not a finding.", "",
               _configurations_markdown(configurations), ""]
     lines += ["## McNemar tests against the best run of each group", ""]
     lines += [_table(MCNEMAR_COLUMNS, [[_cell(row[c]) for c in MCNEMAR_COLUMNS]
@@ -433,7 +452,7 @@ def _markdown(
 
 
 def _summary_markdown(rows: list[dict]) -> str:
-    header = ("rank", "best", "label", "backbone",
+    header = ("rank", "best", "label", "backbone", "protocol",
               *(metric.label + (" [95% CI]" if metric.name in BOOTSTRAPPED else "") for metric in METRICS))
 
     def cell(row: dict, name: str) -> str:
@@ -441,17 +460,19 @@ def _summary_markdown(rows: list[dict]) -> str:
             return f"{row[name]:.4f} [{row[f'{name}_ci_low']:.4f}, {row[f'{name}_ci_high']:.4f}]"
         return _cell(row[name])
 
-    body = [[row["rank"], row["best"], row["label"], row["backbone"], *(cell(row, metric.name) for metric in METRICS)]
+    body = [[row["rank"], row["best"], row["label"], row["backbone"], row["protocol"],
+             *(cell(row, metric.name) for metric in METRICS)]
             for row in rows]
     return _table(header, body)
 
 
 def _configurations_markdown(configurations: list[Configuration]) -> str:
-    header = ("group", "label", "backbone", "runs", "seeds", "accuracy", "macro F1", "glioma recall",
+    header = ("group", "label", "backbone", "protocol", "runs", "seeds", "accuracy", "macro F1", "glioma recall",
               "leak-free accuracy", "training minutes")
     body = []
     for row in _configuration_rows(configurations):
-        body.append([row["group"].split()[0], row["label"], row["backbone"], row["runs"], row["seeds"],
+        body.append([row["group"].split()[0], row["label"], row["backbone"], row["protocol"], row["runs"],
+                     row["seeds"],
                      *(_spread(row, name) for name in SEED_STATS)])
     return _table(header, body)
 

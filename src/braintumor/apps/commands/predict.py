@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from braintumor.apps.commands.shared import add_run_dir, start_tensorflow
+from braintumor.apps.commands.shared import MAX_BATCH, add_run_dir, batch_size, start_tensorflow
 
+# The fastest batch whose whole process stays under 1 GB with VGG16 at 224 px, and at least twice the speed of
+# the PyPI peer detect-tumor (BENCHMARKS.md, "predict: peak memory against batch size"); 64 peaked at 2.2 GB.
+BATCH_SIZE = 16
 HELP = "classify image files or folders with a trained run (optionally Grad-CAM)"
 DESCRIPTION = ("Classify images with a run's model, through the run's own decoding and preprocessing: one line "
                "per image, or --json, or --csv.")
@@ -21,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradcam", metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per image into OUT_DIR")
     parser.add_argument("--gradcam-class", metavar="NAME", help="explain this class instead of the predicted one")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per model call")
+    parser.add_argument("--batch-size", type=batch_size, default=BATCH_SIZE, metavar="N",
+                        help=f"images per model call, 1 to {MAX_BATCH} (default %(default)s: the fastest under 1 GB "
+                        "of memory with VGG16 at 224 px; larger batches use more memory)")
 
 
 def run(args: argparse.Namespace) -> None:

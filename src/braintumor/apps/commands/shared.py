@@ -34,6 +34,17 @@ def positive(text: str) -> int:
     return value
 
 
+MAX_BATCH = 1024  # a VGG16 batch of 1024 at 224 px needs about 13 GB of activations
+
+
+def batch_size(text: str) -> int:
+    """An argparse type: images per model call, 1 to MAX_BATCH (checked before any work)."""
+    value = positive(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_BATCH}, the most images one model call may take")
+    return value
+
+
 def start_tensorflow(debug: bool) -> None:
     """Load TensorFlow and probe its devices with its start-up lines (oneDNN, CUDA stubs, `failed call to
     cuInit`) hidden unless --debug. Every command that loads TensorFlow calls this before its first heavy

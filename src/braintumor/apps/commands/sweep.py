@@ -14,7 +14,7 @@ from braintumor.apps.commands.shared import SHIPPED_HINT, add_overrides, start_t
 from braintumor.core.config import resolve_config
 from braintumor.core.errors import UserError
 
-HELP = "train configs × seeds (× --set values) here or as a SLURM job array"
+HELP = "train configs × seeds (× folds × --set values) here or as a SLURM job array"
 DESCRIPTION = ("Each run is an ordinary `braintumor train` run in outputs/sweep-NAME-TIME/, listed in its "
                "manifest.json. Running a sweep again (--resume) does only what is not completed.")
 
@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one run per seed, e.g. 0,1,2 (default: each config's seed)")
     add_overrides(parser, "override for every run; a comma list (train.optimizer=adam,rmsprop) adds one run per "
                           "value (repeatable)")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="k-fold cross-validation: one run per fold (x seeds) under data.protocol kfold, "
+                             "twin groups kept within a fold; compare pools the folds (2 to 20)")
     parser.add_argument("--name", help="sweep name in the folder name (default: the config's file name)")
     parser.add_argument("--jobs", type=int, metavar="N",
                         help="runs at a time: local processes (default 1) or SLURM array throttle %%K (default 4)")
@@ -69,16 +72,17 @@ def _run_task(args: argparse.Namespace) -> None:
 def _sweep_dir(args: argparse.Namespace) -> Path:
     """The sweep to run: the one --resume names, or a new one planned from CONFIG..."""
     if args.resume:
-        if args.configs or args.seeds or args.set:
-            raise UserError("--resume continues the plan in the sweep's manifest.json; drop CONFIG, --seeds and "
-                            "--set, or start a new sweep")
+        if args.configs or args.seeds or args.set or args.folds:
+            raise UserError("--resume continues the plan in the sweep's manifest.json; drop CONFIG, --seeds, "
+                            "--folds and --set, or start a new sweep")
         sweep_dir = Path(args.resume).resolve()
         sweep.read_manifest(sweep_dir)
         return sweep_dir
     if not args.configs:
         raise UserError("sweep needs CONFIG files, --resume SWEEP_DIR or --status SWEEP_DIR; "
                         "e.g. braintumor sweep quickstart --seeds 0,1,2")
-    return sweep.create_sweep([resolve_config(name) for name in args.configs], args.seeds, args.set, args.name)
+    return sweep.create_sweep([resolve_config(name) for name in args.configs], args.seeds, args.set, args.name,
+                              args.folds)
 
 
 def _launch(sweep_dir: Path, args: argparse.Namespace) -> None:
