@@ -37,7 +37,7 @@ def fit_calibration(run: Run, model: keras.Model, data: Dataset) -> Calibration:
 
 def calibrate_run(run: Run) -> Calibration:
     """`braintumor calibrate`: fit the run's calibration from its data again, and put ECE and NLL before and after
-    on Testing into its metrics.json."""
+    on its test part (Testing under the official protocol) into its metrics.json."""
     cfg, classes = run.read_config(), run.classes()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, make_synthetic_if_missing=False))
     data = load_dataset(cfg, classes)
@@ -49,6 +49,6 @@ def calibrate_run(run: Run) -> Calibration:
     _, logits = Scorer(model, cal).features_and_logits(data.test.images)
     report = calibration.calibration_report(cal, logits, data.test.labels)
     run.add_to_metrics("calibration", report)
-    log.info(f"{cfg.data.test_dir}: ECE {report['ece_before']:.4f} → {report['ece_after']:.4f}, NLL "
+    log.info(f"test part: ECE {report['ece_before']:.4f} → {report['ece_after']:.4f}, NLL "
              f"{report['nll_before']:.4f} → {report['nll_after']:.4f}; wrote {run.calibration}")
     return cal
