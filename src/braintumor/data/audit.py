@@ -33,7 +33,7 @@ from braintumor.core.atomic import write_json, write_text
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.core.rundir import staged_dir
-from braintumor.data.files import IMAGE_EXTENSIONS, SPLITS, ImageFile, scan_tree
+from braintumor.data.files import READABLE, SPLITS, ImageFile, scan_tree
 from braintumor.data.twins import (
     CORRELATION_MIN,
     DARK_LEVEL,
@@ -314,7 +314,7 @@ def run_audit(root: Path, out_dir: Path | None = None) -> dict:
         raise UserError(f"{out_dir} exists and is not empty; choose a new --out folder")
     images, others = scan_tree(root)
     if not images:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}/Training or "
+        raise UserError(f"no images ({READABLE}) under {root}/Training or "
                         f"{root}/Testing; pass the data set root")
     sigs = compute_signatures([image.path for image in images])
     counts = {split: {label: len(idx) for (s, label), idx in sorted(_groups(images).items()) if s == split}

@@ -17,7 +17,7 @@ from braintumor.core.config import SYNTHETIC_ROOT, Config, DataConfig
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.data.decode import decode_files
-from braintumor.data.files import subfolders, walk
+from braintumor.data.files import READABLE, subfolders, walk
 from braintumor.data.synth import make_dataset
 from braintumor.data.twins import find_test_twins
 
@@ -111,7 +111,7 @@ def list_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[lis
         class_files = [path.relative_to(root).as_posix() for path in found]
         ignored += [path.relative_to(root).as_posix() for path in others]
         if not class_files:
-            raise UserError(f"{split_root / name} has no images (.jpg .jpeg .png .bmp); "
+            raise UserError(f"{split_root / name} has no images ({READABLE}); "
                             "add images or leave the class out with data.classes")
         files += class_files
         labels += [index] * len(class_files)
