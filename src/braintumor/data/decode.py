@@ -26,8 +26,6 @@ from braintumor.data import medical, pixels
 from braintumor.data.files import is_scan
 from braintumor.data.pixels import UNREADABLE
 
-SLICES = ("middle", "all")  # which slices of a volume are classified
-
 log = get_logger(__name__)
 DECODE_VERSION = 2  # bump when decoding or preprocessing changes, to invalidate caches (2: 16-bit scaling)
 

@@ -39,6 +39,7 @@ MAX_VOXELS = 2**26  # 64 Mi values (512 × 512 × 256), about 0.5 GB as float64,
 PERCENTILES = (0.5, 99.5)  # the window of a file without one of its own
 SIGNAL_LEVEL = 26  # a windowed gray level above 10 % of 255 counts as signal, below as background
 MIN_SIGNAL = 0.02  # a slice of a volume with signal in fewer of its pixels holds no brain and is skipped
+SLICES = ("middle", "all")  # which slices of a volume are classified (predict --slices)
 
 
 class ScanRefused(ValueError):
@@ -185,6 +186,23 @@ def is_series(folder: Path) -> bool:
         return _series_order([_read_dicom(path, pixels=False) for path in files]) is not None
     except ScanRefused:
         return False
+
+
+def group_series(files: list[Path]) -> list[Path]:
+    """`files` (a walk's image files, sorted), with the files of each folder holding one DICOM series replaced by
+    that folder, in the place of its first file: one volume. Without pydicom no folder is a series."""
+    grouped, series = [], {}
+    for file in files:
+        folder = file.parent
+        if file.name.lower().endswith(".dcm"):
+            if folder not in series:
+                series[folder] = is_series(folder)
+                if series[folder]:
+                    grouped.append(folder)
+            if series[folder]:
+                continue
+        grouped.append(file)
+    return grouped
 
 
 def _series_scan(folder: Path) -> Scan:
