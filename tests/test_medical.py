@@ -167,3 +167,24 @@ def test_without_the_extra_a_scan_is_skipped_with_the_install_hint(trained_run, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all("install braintumor[medical]" in line for line in err[:3])
     assert "none of the 3 file(s)" in err[3]
+
+
+def test_audit_and_training_data_read_scans_through_the_same_decoder(tmp_path, write_config, synth_root):
+    from braintumor.core.config import load_config
+    from braintumor.data.audit import run_audit
+    from braintumor.data.dataset import load_split
+
+    root = tmp_path / "scans"
+    for split in ("Training", "Testing"):
+        for label, files in (("a", [_dicom("MR_small.dcm"), ANATOMICAL]), ("b", [_dicom("CT_small.dcm"), EXAMPLE_4D])):
+            (root / split / label).mkdir(parents=True)
+            for file in files:
+                shutil.copy(file, root / split / label / file.name)
+    report = run_audit(root, out_dir=tmp_path / "audit")
+    assert report["problem_files"]["unreadable"] == [f"{split}/b/CT_small.dcm: modality CT, not MR"
+                                                        for split in ("Training", "Testing")]
+    cfg = load_config(write_config(data={"root": str(root), "image_size": 32, "cache_dir": str(tmp_path / "cache")}))
+    split, on_disk, skipped, _ = load_split(cfg.data, "Training", ["a", "b"])
+    assert on_disk == {"a": 2, "b": 2}
+    assert skipped == [{"file": "Training/b/CT_small.dcm", "reason": "modality CT, not MR"}]
+    assert np.array_equal(split.images[0], decode_image(root / "Training" / "a" / "MR_small.dcm", 32, []))

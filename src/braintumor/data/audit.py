@@ -33,7 +33,8 @@ from braintumor.core.atomic import write_json, write_text
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.core.rundir import staged_dir
-from braintumor.data.files import READABLE, SPLITS, ImageFile, scan_tree
+from braintumor.data import medical
+from braintumor.data.files import READABLE, SPLITS, ImageFile, is_scan, scan_tree
 from braintumor.data.twins import (
     CORRELATION_MIN,
     DARK_LEVEL,
@@ -192,10 +193,14 @@ def _plot_pairs(report: dict, root: Path, path: Path) -> None:
             note = f"{pair['kind']} ({pair['where']}), r={pair['correlation']:.3f}, {pair['hamming']} bits{conflict}"
             for ax, key, title in zip(row, ("a", "b"), (f"{pair['a']}\n{note}", pair["b"]), strict=True):
                 try:
-                    with Image.open(root / pair[key]) as image:
-                        image.draft("L", (256, 256))
-                        ax.imshow(image.convert("L"), cmap="gray")
-                except OSError:  # an exact copy of an unreadable file
+                    if is_scan(root / pair[key]):  # DICOM or NIfTI: the slice the decoder classifies
+                        scan = medical.read_scan(root / pair[key])
+                        ax.imshow(scan.slices[scan.middle], cmap="gray", vmin=0, vmax=255)
+                    else:
+                        with Image.open(root / pair[key]) as image:
+                            image.draft("L", (256, 256))
+                            ax.imshow(image.convert("L"), cmap="gray")
+                except (OSError, medical.ScanRefused):  # an exact copy of an unreadable file
                     ax.text(0.5, 0.5, "unreadable", ha="center")
                 ax.set_title(title, fontsize=7)
                 ax.axis("off")

@@ -61,7 +61,7 @@ def decode_scan(path: Path, size: int, preprocess: list[str], slices: str = "mid
     scan = medical.read_scan(path)
     if not scan.volume:
         return Decoded([(None, pixels.prepare(scan.slices[0], size, preprocess))], scan.window)
-    chosen = [len(scan.slices) // 2] if slices == "middle" else range(len(scan.slices))
+    chosen = [scan.middle] if slices == "middle" else range(len(scan.slices))
     kept = [n for n in chosen if medical.has_signal(scan.slices[n])]
     if not kept:
         which = f"the middle slice (of {len(scan.slices)})" if slices == "middle" else f"all {len(scan.slices)} slices"

@@ -52,6 +52,11 @@ class Scan:
     window: str  # which window made the gray levels, e.g. "voi 600/1600"
     volume: bool  # several slices (NIfTI, multi-frame DICOM, a series); False for one 2-D DICOM image
 
+    @property
+    def middle(self) -> int:
+        """The slice that stands for the scan where one file is one image (training, the demo, the audit)."""
+        return len(self.slices) // 2
+
 
 def _pydicom():
     try:
