@@ -108,12 +108,18 @@ def test_a_folder_of_dicom_files_and_a_folder_holding_one_series(trained_run, tm
     series.mkdir()
     source = pydicom.dcmread(_dicom("MR_small.dcm"))
     normal = np.cross(np.array(source.ImageOrientationPatient[:3], float), source.ImageOrientationPatient[3:])
-    for n in range(3):
+    pixels = source.pixel_array
+    for n, stored in enumerate((pixels, pixels[::-1], pixels[:, ::-1])):
         source.ImagePositionPatient = [float(v) for v in np.array(source.ImagePositionPatient, float) + normal]
         source.InstanceNumber = n + 1
+        source.PixelData = np.ascontiguousarray(stored).tobytes()
         source.save_as(series / f"slice{2 - n}.dcm")
-    rows, _ = _predict(capsys, trained_run, str(tmp_path / "series"), "--slices", "all")
+    slices = medical.read_scan(series).slices  # in position order, not file-name order
+    one = medical.read_scan(_dicom("MR_small.dcm")).slices[0]
+    assert [np.array_equal(a, b) for a, b in zip(slices, (one, one[::-1], one[:, ::-1]), strict=True)] == [True] * 3
+    rows, _ = _predict(capsys, trained_run, str(series), "--slices", "all", "--gradcam", str(tmp_path / "cams"))
     assert [row["file"] for row in rows] == [f"{series}#slice={n}" for n in range(3)] + [str(series)]
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == [f"series.slice-{n}.png" for n in range(3)]
 
 
 def test_a_multi_frame_dicom_is_a_volume(tmp_path):

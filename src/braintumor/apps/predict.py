@@ -142,8 +142,8 @@ def _gradcam_names(files: list[Path], roots: list[Path]) -> dict[Path, str]:
     """A PNG name per file: its path below the PATH argument it came from, unique."""
     names, taken = {}, set()
     for file in files:
-        base = next((file.relative_to(root) for root in roots if root.is_dir() and file.is_relative_to(root)),
-                    Path(file.name))
+        base = next((file.relative_to(root) for root in roots  # a series folder given as PATH: its own name
+                     if root.is_dir() and file.is_relative_to(root) and file != root), Path(file.name))
         name, n = base.with_suffix(".png").as_posix(), 1
         while name in taken:
             n += 1
