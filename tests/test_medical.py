@@ -50,7 +50,8 @@ def test_every_lossless_encoding_of_mr_small_gives_the_same_image_and_probabilit
     rows, err = _predict(capsys, trained_run, *map(str, files))
     assert [row["file"] for row in rows] == [str(file) for file in files] and err == ""
     assert {row["window"] for row in rows} == {"voi 600/1600"}
-    assert all(np.array_equal(_probabilities(row), _probabilities(rows[0])) for row in rows)
+    # the same pixels in other rows of one batch: equal but for oneDNN's per-row float noise (measured <= 3e-10)
+    assert all(np.allclose(_probabilities(row), _probabilities(rows[0]), rtol=0, atol=1e-7) for row in rows)
 
 
 def test_truncated_and_ct_files_are_skipped_with_one_line_each(trained_run, capsys):
