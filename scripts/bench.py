@@ -327,7 +327,7 @@ def predict_throughput(plan: Plan, source: Path, work: Path) -> tuple[str, str, 
     """(6) the predict pipeline (threaded decoding overlapping batched inference) on the Testing image files vs
     bare model.predict on the same images already decoded, same model and batch; the model load is not timed on
     either side. Runs in turn, median of three each. Returns the report row."""
-    from braintumor.apps.predict import decoded_batches, load_run, predict_batch
+    from braintumor.apps.predict import decoded_batches, load_run
     from braintumor.data.files import walk
 
     folder = _subset(source, work / "predict-data", plan.pipeline_every) / "Testing"
@@ -336,7 +336,7 @@ def predict_throughput(plan: Plan, source: Path, work: Path) -> tuple[str, str, 
     def command() -> float:
         start, skipped = time.perf_counter(), []
         for _, images in decoded_batches(run, files, batch, skipped):
-            predict_batch(run.model, images)
+            run.scorer(images)
         return time.perf_counter() - start
 
     arrays = np.stack([run.decode(f) for f in files]).astype(np.float32)

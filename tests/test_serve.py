@@ -187,3 +187,19 @@ def test_a_port_in_use_is_one_line_saying_so(tmp_path, capsys):
         assert main(["serve", "--run", str(tmp_path / "no-run"), "--port", str(port)]) == 2
     error = capsys.readouterr().err
     assert error == f"error: port {port} is in use (another program, or a demo still running); choose another --port\n"
+
+
+def test_dicom_and_nifti_uploads_get_a_class_and_a_refused_scan_its_reason(client, trained_run, capsys):
+    pydicom_data = pytest.importorskip("pydicom.data", reason="needs braintumor[medical]")
+    nibabel = pytest.importorskip("nibabel", reason="needs braintumor[medical]")
+    from pathlib import Path
+
+    mr = Path(pydicom_data.get_testdata_file("MR_small.dcm", download=False))
+    volume = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
+    for scan in (mr, volume):
+        probabilities, _, summary = client.predict(gradio_client.handle_file(str(scan)), api_name="/classify")
+        assert probabilities["label"] == _predicted_label(trained_run, scan, capsys)  # a volume: its middle slice
+        assert f"Predicted **{probabilities['label']}**" in summary
+    ct = pydicom_data.get_testdata_file("CT_small.dcm", download=False)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Cannot use this file: modality CT, not MR"):
+        client.predict(gradio_client.handle_file(ct), api_name="/classify")

@@ -144,6 +144,11 @@ def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, syn
     _upload(browser, other)
     assert f"Predicted {_predict_json(demo_run, other)['predicted']}" in _status(browser, "Predicted")
 
+    _clear(browser)  # a DICOM file, with the [medical] extra (in dev)
+    dicom = Path(pytest.importorskip("pydicom.data").get_testdata_file("MR_small.dcm", download=False))
+    _upload(browser, dicom)
+    assert f"Predicted {_predict_json(demo_run, dicom)['predicted']}" in _status(browser, "Predicted")
+
     _clear(browser)  # an example is served although its folder is not (tests/test_serve.py)
     example = example_files(Run(demo_run))[-1]
     browser.find_element(By.XPATH, f"//*[normalize-space(text())='{example.parent.name}/{example.name}']").click()

@@ -1,8 +1,9 @@
 """`braintumor serve`: the study's web demo (Gradio) for one trained run.
 
-Upload a scan: the page shows the class probabilities (calibrated where the run is), the Grad-CAM overlay for
-the predicted class, and that this is a research tool, not a diagnosis; a scan that the run's
-out-of-distribution detector flags gets a warning instead of a class. The upload goes through the same decoding and
+Upload a scan (a photograph, or DICOM or NIfTI with braintumor[medical]; of a volume, its middle slice): the
+page shows the class probabilities (calibrated where the run is), the Grad-CAM overlay for the predicted class,
+and that this is a research tool, not a diagnosis; a scan that the run's out-of-distribution detector flags gets
+a warning instead of a class. The upload goes through the same decoding and
 model as `braintumor predict`, so the page and the command agree. A file that is not an image, is
 truncated, or is too large is an error (a message in the page, an error for API clients); the server
 keeps serving. The server serves its example files and nothing else from the disk, and no message
@@ -28,7 +29,8 @@ from braintumor.core.atomic import write_bytes
 from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
 from braintumor.core.run import Run
-from braintumor.data.files import subfolders, walk
+from braintumor.data.files import IMAGE_EXTENSIONS, SCAN_EXTENSIONS, is_scan, subfolders, walk
+from braintumor.data.medical import ScanRefused
 
 log = get_logger(__name__)
 
@@ -39,7 +41,8 @@ DISPLAY_SIZE = 320  # the overlay is shown at this size, whatever the model's in
 DISCLAIMER = "Research tool, not a diagnosis: do not use it for clinical decisions."
 NOT_LIKE_TRAINING = ("This image does not look like the brain MRI slices this model was trained on, so it gets no "
                      "class: its probabilities would mean nothing.")
-PROMPT = "Upload a scan (JPEG, PNG or BMP) or pick an example."
+PROMPT = "Upload a scan (JPEG, PNG, BMP, DICOM or NIfTI) or pick an example."
+UPLOAD_TYPES = [*sorted(IMAGE_EXTENSIONS), *SCAN_EXTENSIONS]
 API_NAME = "classify"  # the endpoint API clients call: gradio_client's predict(file, api_name="/classify")
 
 
@@ -52,16 +55,20 @@ def read_upload(run: RunModel, path: Path) -> np.ndarray:
     size = path.stat().st_size
     if size > MAX_UPLOAD_BYTES:
         raise UploadProblem(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
-    try:
-        with Image.open(path) as image:  # reads the header only
-            width, height = image.size
-    except Exception as err:  # noqa: BLE001  (PIL raises many types for non-images)
-        raise UploadProblem(f"this is not an image that can be read ({_without_folder(err, path)}); "
-                            "upload a JPEG, PNG or BMP scan") from err
-    if width * height > MAX_PIXELS:
-        raise UploadProblem(f"the image is {width} × {height} pixels; the limit is {MAX_PIXELS // 10**6} megapixels")
+    if not is_scan(path):  # a DICOM or NIfTI scan's size is bounded by its reader, from its header
+        try:
+            with Image.open(path) as image:  # reads the header only
+                width, height = image.size
+        except Exception as err:  # noqa: BLE001  (PIL raises many types for non-images)
+            raise UploadProblem(f"this is not an image that can be read ({_without_folder(err, path)}); "
+                                "upload a JPEG, PNG, BMP, DICOM or NIfTI scan") from err
+        if width * height > MAX_PIXELS:
+            raise UploadProblem(f"the image is {width} × {height} pixels; the limit is {MAX_PIXELS // 10**6} "
+                                "megapixels")
     try:
         return run.decode(path)
+    except ScanRefused as refused:  # the whole reason: "modality CT, not MR", "install braintumor[medical]"
+        raise UploadProblem(_without_folder(refused, path)) from refused
     except Exception as err:  # noqa: BLE001  (truncated or corrupt image data)
         raise UploadProblem(f"the image data cannot be decoded ({_without_folder(err, path)}); the file may be "
                             "truncated or damaged") from err
@@ -131,8 +138,7 @@ def build_demo(source: Run, examples: list[Path]):
                     f"{run.image_size} px; classes: {', '.join(run.classes)}).\n\n**{DISCLAIMER}**")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="MRI scan", file_types=[".jpg", ".jpeg", ".png", ".bmp"], type="filepath",
-                                 elem_id="upload")
+                upload = gr.File(label="MRI scan", file_types=UPLOAD_TYPES, type="filepath", elem_id="upload")
                 if examples:
                     gr.Examples([[str(path)] for path in examples], inputs=[upload], label="Testing images of this run",
                                 example_labels=[f"{path.parent.name}/{path.name}" for path in examples])

@@ -33,7 +33,8 @@ from braintumor.core.atomic import write_json, write_text
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.core.rundir import staged_dir
-from braintumor.data.files import IMAGE_EXTENSIONS, SPLITS, ImageFile, scan_tree
+from braintumor.data import medical
+from braintumor.data.files import READABLE, SPLITS, ImageFile, is_scan, scan_tree
 from braintumor.data.groups import groups_from_pairs
 from braintumor.data.twins import (
     CORRELATION_MIN,
@@ -195,10 +196,14 @@ def _plot_pairs(report: dict, root: Path, path: Path) -> None:
             note = f"{pair['kind']} ({pair['where']}), r={pair['correlation']:.3f}, {pair['hamming']} bits{conflict}"
             for ax, key, title in zip(row, ("a", "b"), (f"{pair['a']}\n{note}", pair["b"]), strict=True):
                 try:
-                    with Image.open(root / pair[key]) as image:
-                        image.draft("L", (256, 256))
-                        ax.imshow(image.convert("L"), cmap="gray")
-                except OSError:  # an exact copy of an unreadable file
+                    if is_scan(root / pair[key]):  # DICOM or NIfTI: the slice the decoder classifies
+                        scan = medical.read_scan(root / pair[key])
+                        ax.imshow(scan.slices[scan.middle], cmap="gray", vmin=0, vmax=255)
+                    else:
+                        with Image.open(root / pair[key]) as image:
+                            image.draft("L", (256, 256))
+                            ax.imshow(image.convert("L"), cmap="gray")
+                except (OSError, medical.ScanRefused):  # an exact copy of an unreadable file
                     ax.text(0.5, 0.5, "unreadable", ha="center")
                 ax.set_title(title, fontsize=7)
                 ax.axis("off")
@@ -335,7 +340,7 @@ def run_audit(root: Path, out_dir: Path | None = None) -> dict:
         raise UserError(f"{out_dir} exists and is not empty; choose a new --out folder")
     images, others = scan_tree(root)
     if not images:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}/Training or "
+        raise UserError(f"no images ({READABLE}) under {root}/Training or "
                         f"{root}/Testing; pass the data set root")
     sigs = compute_signatures([image.path for image in images])
     counts = {split: {label: len(idx) for (s, label), idx in sorted(_groups(images).items()) if s == split}

@@ -19,7 +19,7 @@ from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.data import splits
 from braintumor.data.decode import decode_files
-from braintumor.data.files import ImageFile, subfolders, walk
+from braintumor.data.files import READABLE, ImageFile, subfolders, walk
 from braintumor.data.groups import Groups, find_groups
 from braintumor.data.synth import make_dataset
 from braintumor.data.twins import find_test_twins
@@ -121,7 +121,7 @@ def list_split(cfg: DataConfig, split_dir: str, classes: list[str]) -> tuple[lis
         class_files = [path.relative_to(root).as_posix() for path in found]
         ignored += [path.relative_to(root).as_posix() for path in others]
         if not class_files:
-            raise UserError(f"{split_root / name} has no images (.jpg .jpeg .png .bmp); "
+            raise UserError(f"{split_root / name} has no images ({READABLE}); "
                             "add images or leave the class out with data.classes")
         files += class_files
         labels += [index] * len(class_files)

@@ -1,6 +1,10 @@
-"""An on-disk cache of decoded splits. Decoding itself (one image file → a (size, size, 3) uint8 RGB
-array, with the optional preprocessing) is `pixels.decode_image`, which serves training, evaluation
-and prediction, and which every export carries as its decode.py.
+"""The one decoder: an input file → the model's (size, size, 3) uint8 RGB images, used by training, evaluation,
+prediction, the demo and the audit; and an on-disk cache of decoded splits.
+
+Photographs (JPEG, PNG, BMP) are `pixels.decode_image`, which every export also carries as its decode.py.
+DICOM and NIfTI scans are read by `medical.read_scan` (its windowing policy gives 8-bit gray slices) and
+then take the same steps as a photograph's pixels (`pixels.prepare`: gray copied into R, G and B, the
+optional brain crop, resize, the optional standardization).
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +22,63 @@ from braintumor.core import cache
 from braintumor.core.config import DataConfig
 from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
-from braintumor.data.pixels import UNREADABLE, decode_image
+from braintumor.data import medical, pixels
+from braintumor.data.files import is_scan
+from braintumor.data.pixels import UNREADABLE
 
 log = get_logger(__name__)
 DECODE_VERSION = 2  # bump when decoding or preprocessing changes, to invalidate caches (2: 16-bit scaling)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One input decoded: its images for the model, each with its slice number (None for a 2-D image)."""
+
+    images: list[tuple[int | None, np.ndarray]]
+    window: str | None = None  # how a scan's values became gray levels (medical.py); None for a photograph
+    volume: bool = False  # a volume: its slices are listed, and a summary over them is due
+    empty_slices: int = 0  # slices of a volume skipped as near-empty (no brain)
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM file by its content (the DICM magic after the 128-byte preamble), whatever its name."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def decode_scan(path: Path, size: int, preprocess: list[str], slices: str = "middle") -> Decoded:
+    """A photograph, a DICOM or NIfTI file, or a folder holding one DICOM series → the model's images.
+
+    Of a volume, `slices` "middle" gives its middle slice and "all" every slice; slices without signal
+    (`medical.has_signal`) are left out and counted. Raises an UNREADABLE error (medical.ScanRefused with
+    the whole reason for a refused scan)."""
+    path = Path(path)
+    if not (path.is_dir() or is_scan(path) or _is_dicom(path)):
+        return Decoded([(None, pixels.decode_image(path, size, preprocess))])
+    scan = medical.read_scan(path)
+    if not scan.volume:
+        return Decoded([(None, pixels.prepare(scan.slices[0], size, preprocess))], scan.window)
+    chosen = [scan.middle] if slices == "middle" else range(len(scan.slices))
+    kept = [n for n in chosen if medical.has_signal(scan.slices[n])]
+    if not kept:
+        which = f"the middle slice (of {len(scan.slices)})" if slices == "middle" else f"all {len(scan.slices)} slices"
+        raise medical.ScanRefused(f"{which} near-empty (no brain) after windowing ({scan.window})")
+    return Decoded([(n, pixels.prepare(scan.slices[n], size, preprocess)) for n in kept], scan.window, True,
+                   len(chosen) - len(kept))
+
+
+def decode_image(path: Path, size: int, preprocess: list[str]) -> np.ndarray:
+    """The one image a file gives where one file is one image (training, evaluation, the demo): a
+    photograph, a 2-D scan, or a volume's middle slice."""
+    return decode_scan(path, size, preprocess).images[0][1]
+
+
+def skip_reason(err: Exception) -> str:
+    """Why a file was skipped, on one line: a refused scan's own reason, else the error's type and first line."""
+    return str(err) if isinstance(err, medical.ScanRefused) else f"{type(err).__name__}: {describe(err)}"
 
 
 def _cache_key(root: Path, files: list[str], size: int, preprocess: list[str]) -> str:
@@ -47,9 +105,9 @@ def decode_files(root: Path, files: list[str], cfg: DataConfig, desc: str) -> tu
             images.append(decode_image(root / relative, cfg.image_size, cfg.preprocess))
         except UNREADABLE as err:
             if cfg.strict:
-                raise UserError(f"cannot read image {root / relative} ({describe(err)}); remove or replace it, "
+                raise UserError(f"cannot read image {root / relative} ({skip_reason(err)}); remove or replace it, "
                                 "or set data.strict: false to skip unreadable images") from err
-            skipped.append({"file": relative, "reason": f"{type(err).__name__}: {describe(err)}"})
+            skipped.append({"file": relative, "reason": skip_reason(err)})
     array = np.stack(images) if images else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
 
     def fill(tmp: Path) -> dict:

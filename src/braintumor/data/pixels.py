@@ -147,12 +147,20 @@ def standardize(rgb: np.ndarray) -> np.ndarray:
 
 def decode_image(path: str | Path | IO[bytes], size: int, preprocess: list[str]) -> np.ndarray:
     """One image file → (size, size, 3) uint8 RGB in [0, 255], with the steps of `preprocess` applied."""
-    unknown = set(preprocess) - set(PREPROCESS_STEPS)
-    if unknown:
-        raise ValueError(f"unknown preprocessing step(s) {sorted(unknown)}; known: {', '.join(PREPROCESS_STEPS)}")
     with open_image(path) as image:
         image.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at a reduced scale (1/2, 1/4, 1/8), much faster
         rgb = np.asarray(to_8bit(image, "RGB"))
+    return prepare(rgb, size, preprocess)
+
+
+def prepare(rgb: np.ndarray, size: int, preprocess: list[str]) -> np.ndarray:
+    """Decoded 8-bit pixels ((height, width, 3) RGB, or (height, width) gray, copied into R, G and B) → the
+    model's (size, size, 3) uint8 input: the steps after decoding, shared by every file format."""
+    unknown = set(preprocess) - set(PREPROCESS_STEPS)
+    if unknown:
+        raise ValueError(f"unknown preprocessing step(s) {sorted(unknown)}; known: {', '.join(PREPROCESS_STEPS)}")
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
     if "brain_crop" in preprocess:
         rgb = brain_crop(rgb)
     rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))

@@ -18,8 +18,10 @@ from scipy.fft import dctn
 from tqdm import tqdm
 
 from braintumor.core import cache
-from braintumor.core.errors import describe
 from braintumor.core.logs import get_logger
+from braintumor.data import medical
+from braintumor.data.decode import skip_reason
+from braintumor.data.files import is_scan
 from braintumor.data.pixels import UNREADABLE, open_image, to_8bit
 
 log = get_logger(__name__)
@@ -84,13 +86,18 @@ def _signature(path: Path) -> tuple:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with open_image(io.BytesIO(data)) as image:
-            size, mode = image.size, image.mode
-            image.draft("L", (DECODE_SIZE, DECODE_SIZE))
-            gray = np.asarray(to_8bit(image, "L"), dtype=np.float32)
+        if is_scan(path):  # DICOM or NIfTI: the gray slice the decoder classifies, as windowed by medical.py
+            scan = medical.read_scan(path)
+            gray = scan.slices[scan.middle].astype(np.float32)
+            size, mode = (gray.shape[1], gray.shape[0]), "scan"
+        else:
+            with open_image(io.BytesIO(data)) as image:
+                size, mode = image.size, image.mode
+                image.draft("L", (DECODE_SIZE, DECODE_SIZE))
+                gray = np.asarray(to_8bit(image, "L"), dtype=np.float32)
     except UNREADABLE as err:
         return (digest, (0, 0), "", np.zeros(3, np.float32), np.zeros(64, bool),
-                np.zeros((THUMB_SIZE, THUMB_SIZE), np.uint8), f"{type(err).__name__}: {describe(err)}")
+                np.zeros((THUMB_SIZE, THUMB_SIZE), np.uint8), skip_reason(err))
     stats = np.array([gray.mean(), gray.std(), (gray < DARK_LEVEL).mean()], np.float32)
     thumb = _brain_thumbnail(gray)
     return digest, size, mode, stats, _perceptual_hash(thumb), thumb, ""

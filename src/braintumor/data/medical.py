@@ -1,0 +1,268 @@
+"""DICOM and NIfTI scans → windowed 8-bit gray slices (with the optional extra braintumor[medical]).
+
+The windowing policy, the one way a scan's values become the gray levels the model sees (each result
+records which window it used):
+1. values: DICOM stored values × RescaleSlope + RescaleIntercept; NIfTI values with scl_slope/scl_inter
+   applied (by nibabel). Non-finite values count as 0.
+2. window [low, high]: the file's own display window where it has one — DICOM WindowCenter C and WindowWidth W
+   (the first pair where several are given), low = C - W/2, high = C + W/2, recorded as `voi C/W`; NIfTI
+   cal_min/cal_max where cal_max > cal_min, recorded as `cal_min/cal_max LOW/HIGH`. Otherwise the 0.5th and 99.5th
+   percentiles of all the file's values (of the whole volume, so its slices share one window), recorded as
+   `percentile 0.5-99.5`.
+3. gray = round(255 × clip((value - low) / (high - low), 0, 1)); MONOCHROME1 (low values shown white) is
+   inverted to 255 - gray.
+
+Slices: a 2-D DICOM is one image. A multi-frame DICOM gives its frames in stored order, and a folder holding
+one DICOM series its files ordered along the slice normal (ImagePositionPatient; InstanceNumber where
+positions are missing), as acquired, not resampled. A NIfTI volume is reoriented to the closest canonical (RAS+)
+orientation and cut into axial slices shown as viewers show them: anterior at the top, the patient's right on
+the left; of a 4-D NIfTI the first volume is used. Only DICOM of Modality MR is read; any other is refused with
+its modality, and no header value but the window ever leaves this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from braintumor.core.errors import describe
+from braintumor.data.files import walk
+
+INSTALL = "reading DICOM and NIfTI needs pydicom and nibabel: install braintumor[medical]"
+MAX_SLICES = 1024  # slices or frames of one scan
+MAX_VOXELS = 2**26  # 64 Mi values (512 × 512 × 256), about 0.5 GB as float64, checked from the header
+PERCENTILES = (0.5, 99.5)  # the window of a file without one of its own
+SIGNAL_LEVEL = 26  # a windowed gray level above 10 % of 255 counts as signal, below as background
+MIN_SIGNAL = 0.02  # a slice of a volume with signal in fewer of its pixels holds no brain and is skipped
+SLICES = ("middle", "all")  # which slices of a volume are classified (predict --slices)
+
+
+class ScanRefused(ValueError):
+    """A scan that cannot be read or is not one to classify; the message is the whole one-line reason."""
+
+
+@dataclass(frozen=True)
+class Scan:
+    slices: np.ndarray  # (n, height, width) uint8 gray, windowed
+    window: str  # which window made the gray levels, e.g. "voi 600/1600"
+    volume: bool  # several slices (NIfTI, multi-frame DICOM, a series); False for one 2-D DICOM image
+
+    @property
+    def middle(self) -> int:
+        """The slice that stands for the scan where one file is one image (training, the demo, the audit)."""
+        return len(self.slices) // 2
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError as err:
+        raise ScanRefused(INSTALL) from err
+    # pydicom warns and logs about odd header values by quoting them; no header value may reach our log
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    return pydicom
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as err:
+        raise ScanRefused(INSTALL) from err
+    return nibabel
+
+
+def _check_size(slices: int, voxels: int) -> None:
+    if slices > MAX_SLICES or voxels > MAX_VOXELS:
+        raise ScanRefused(f"{slices} slices of {voxels} values in all; the limits are {MAX_SLICES} slices and "
+                          f"{MAX_VOXELS} values")
+
+
+def _read_dicom(path: Path, pixels: bool = True):
+    pydicom = _pydicom()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=not pixels, defer_size="1 MB")
+        except pydicom.errors.InvalidDicomError as err:
+            raise ScanRefused("not a DICOM file (no DICM header)") from err
+        except Exception as err:  # noqa: BLE001  (a damaged header raises anything from pydicom)
+            raise ScanRefused(f"unreadable DICOM header ({type(err).__name__})") from err
+
+
+def _checked_mr(ds) -> None:
+    modality = str(ds.get("Modality", "") or "missing")
+    if modality != "MR":
+        raise ScanRefused(f"modality {modality}, not MR")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ScanRefused(f"photometric interpretation {photometric or 'missing'}, not a grayscale MR image")
+    if "PixelData" not in ds:
+        raise ScanRefused("no pixel data")
+
+
+def _dicom_values(ds) -> np.ndarray:
+    """(frames, rows, columns) float64 values with the rescale applied, the size checked before decoding."""
+    rows, columns, frames = int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), int(ds.get("NumberOfFrames", 1) or 1)
+    _check_size(frames, rows * columns * frames)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            stored = ds.pixel_array
+        except Exception as err:  # noqa: BLE001  (truncated data or a codec missing: pydicom raises many types)
+            raise ScanRefused(f"pixel data cannot be decoded ({describe(err)})") from err
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    return stored.reshape(-1, rows, columns).astype(np.float64) * slope + intercept
+
+
+def _first(value) -> float:
+    """A DICOM number, or the first of several (pydicom gives a MultiValue for several)."""
+    return float(value[0]) if isinstance(value, Sequence) and not isinstance(value, str) else float(value)
+
+
+def _voi(ds) -> tuple[float, float, str] | None:
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    if not width > 0:
+        return None
+    return center - width / 2, center + width / 2, f"voi {center:g}/{width:g}"
+
+
+def _windowed(values: np.ndarray, window: tuple[float, float, str] | None, inverted: bool) -> tuple[np.ndarray, str]:
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    if window is None:
+        low, high = np.percentile(values, PERCENTILES)
+        window = float(low), float(high), f"percentile {PERCENTILES[0]:g}-{PERCENTILES[1]:g}"
+    low, high, label = window
+    gray = np.round(255 * np.clip((values - low) / max(high - low, 1e-12), 0, 1)).astype(np.uint8)
+    return (255 - gray if inverted else gray), label
+
+
+def _dicom_scan(path: Path) -> Scan:
+    ds = _read_dicom(path)
+    _checked_mr(ds)
+    gray, label = _windowed(_dicom_values(ds), _voi(ds), ds.PhotometricInterpretation == "MONOCHROME1")
+    return Scan(gray, label, len(gray) > 1)
+
+
+def _position(ds) -> float | None:
+    """Where the slice lies along its normal (the cross product of its row and column directions)."""
+    orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+    if orientation is None or position is None or len(orientation) != 6 or len(position) != 3:
+        return None
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    return float(np.dot(normal, np.asarray(position, float)))
+
+
+def _series_order(headers: list) -> list[int] | None:
+    """The order of the files along the series, or None if they are not the distinct slices of one series."""
+    if len(headers) < 2 or len({str(ds.get("SeriesInstanceUID", "")) for ds in headers}) != 1:
+        return None
+    keys = [_position(ds) for ds in headers]
+    if None in keys:
+        keys = [ds.get("InstanceNumber") for ds in headers]
+        if None in keys:
+            return None
+        keys = [int(key) for key in keys]
+    if len(set(keys)) != len(keys):  # copies of one slice (a file in several encodings) are no volume
+        return None
+    return sorted(range(len(headers)), key=keys.__getitem__)
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files directly in `folder` (by the .dcm extension), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(".dcm")
+                  and not p.name.startswith("."))
+
+
+def is_series(folder: Path) -> bool:
+    """Whether `folder` holds only image files, at least two, all DICOM slices of one series at distinct positions."""
+    files = dicom_files(folder)
+    if len(files) < 2 or len(files) != len(walk(folder)[0]):
+        return False
+    if len(files) > MAX_SLICES:
+        return False
+    try:
+        return _series_order([_read_dicom(path, pixels=False) for path in files]) is not None
+    except ScanRefused:
+        return False
+
+
+def group_series(files: list[Path]) -> list[Path]:
+    """`files` (a walk's image files, sorted), with the files of each folder holding one DICOM series replaced by
+    that folder, in the place of its first file: one volume. Without pydicom no folder is a series."""
+    grouped, series = [], {}
+    for file in files:
+        folder = file.parent
+        if file.name.lower().endswith(".dcm"):
+            if folder not in series:
+                series[folder] = is_series(folder)
+                if series[folder]:
+                    grouped.append(folder)
+            if series[folder]:
+                continue
+        grouped.append(file)
+    return grouped
+
+
+def _series_scan(folder: Path) -> Scan:
+    files = dicom_files(folder)
+    _check_size(len(files), 0)
+    headers = [_read_dicom(path) for path in files]
+    order = _series_order(headers)
+    if order is None:
+        raise ScanRefused("not one DICOM series (files of several series, or of the same position)")
+    headers = [headers[i] for i in order]
+    for ds in headers:
+        _checked_mr(ds)
+    rows, columns = int(headers[0].get("Rows", 0)), int(headers[0].get("Columns", 0))
+    _check_size(len(headers), rows * columns * len(headers))
+    values = [_dicom_values(ds) for ds in headers]
+    if any(v.shape[1:] != values[0].shape[1:] for v in values):
+        raise ScanRefused("the slices of the series differ in size")
+    gray, label = _windowed(np.concatenate(values), _voi(headers[0]),
+                            headers[0].PhotometricInterpretation == "MONOCHROME1")
+    return Scan(gray, label, True)
+
+
+def _nifti_scan(path: Path) -> Scan:
+    nibabel = _nibabel()
+    try:
+        image = nibabel.load(path)
+    except Exception as err:  # noqa: BLE001  (nibabel raises many types for damaged files)
+        raise ScanRefused(f"unreadable NIfTI ({describe(err)})") from err
+    shape = image.shape
+    if len(shape) not in (3, 4):
+        raise ScanRefused(f"a {len(shape)}-D NIfTI; only 3-D and 4-D volumes are read")
+    _check_size(shape[2], int(np.prod(shape, dtype=np.int64)))
+    try:
+        image = nibabel.as_closest_canonical(image)
+        values = np.asarray(image.dataobj[..., 0] if len(shape) == 4 else image.dataobj, np.float64)
+    except Exception as err:  # noqa: BLE001  (truncated or corrupt data)
+        raise ScanRefused(f"NIfTI data cannot be read ({describe(err)})") from err
+    low, high = float(image.header["cal_min"]), float(image.header["cal_max"])
+    window = (low, high, f"cal_min/cal_max {low:g}/{high:g}") if high > low else None
+    # RAS+ (x to the right, y to the front): slice k as an image is values[:, :, k] transposed to (y, x), with
+    # y flipped (anterior at the top) and x flipped (the patient's right on the left), as viewers show it
+    gray, label = _windowed(np.transpose(values[::-1, ::-1, :], (2, 1, 0)), window, inverted=False)
+    return Scan(gray, label, True)
+
+
+def read_scan(path: Path) -> Scan:
+    """A DICOM file, a folder holding one DICOM series, or a NIfTI file as windowed gray slices; ScanRefused
+    with the reason otherwise."""
+    if path.is_dir():
+        return _series_scan(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        return _nifti_scan(path)
+    return _dicom_scan(path)
+
+
+def has_signal(gray: np.ndarray) -> bool:
+    """Whether a windowed slice shows anything: at least MIN_SIGNAL of its pixels above SIGNAL_LEVEL."""
+    return float((gray > SIGNAL_LEVEL).mean()) >= MIN_SIGNAL

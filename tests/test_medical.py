@@ -1,0 +1,197 @@
+"""DICOM and NIfTI input through the one decoder, on the real files pydicom and nibabel ship: one windowing policy,
+MR only, volumes as slice rows plus a summary row, skipped files with one-line reasons, no patient data in any
+output, and a clear reason where the extra braintumor[medical] is not installed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from braintumor.cli import main
+from braintumor.data import medical
+from braintumor.data.decode import decode_image, decode_scan
+
+pydicom = pytest.importorskip("pydicom")
+nibabel = pytest.importorskip("nibabel")
+from pydicom.data import get_testdata_file  # noqa: E402  (after the skip: only with the extra)
+
+# the lossless encodings of one MR slice that pydicom ships in its package (no download)
+MR_SMALL = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm",
+            "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_padded.dcm"]
+NIBABEL_DATA = Path(nibabel.__file__).parent / "tests" / "data"
+ANATOMICAL = NIBABEL_DATA / "anatomical.nii"  # 33 x 41 x 25, no cal_min/cal_max
+EXAMPLE_4D = NIBABEL_DATA / "example4d.nii.gz"  # 128 x 96 x 24 x 2, cal_min/cal_max 0/1162
+
+
+def _dicom(name: str) -> Path:
+    return Path(get_testdata_file(name, download=False))
+
+
+def _predict(capsys, run: Path, *args: str) -> tuple[list[dict], str]:
+    assert main(["predict", "--run", str(run), *args, "--json"]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def _probabilities(row: dict) -> np.ndarray:
+    return np.array(list(row["probabilities"].values()))
+
+
+def test_every_lossless_encoding_of_mr_small_gives_the_same_image_and_probabilities(trained_run, capsys):
+    files = [_dicom(name) for name in MR_SMALL]
+    images = [decode_image(file, 32, []) for file in files]
+    assert all(np.array_equal(image, images[0]) for image in images)
+    assert 0 < images[0].mean() < 255  # the file's window (600/1600) leaves gray levels, not a blank
+    rows, err = _predict(capsys, trained_run, *map(str, files))
+    assert [row["file"] for row in rows] == [str(file) for file in files] and err == ""
+    assert {row["window"] for row in rows} == {"voi 600/1600"}
+    # the same pixels in other rows of one batch: equal but for oneDNN's per-row float noise (measured <= 3e-10)
+    assert all(np.allclose(_probabilities(row), _probabilities(rows[0]), rtol=0, atol=1e-7) for row in rows)
+
+
+def test_truncated_and_ct_files_are_skipped_with_one_line_each(trained_run, capsys):
+    good, truncated, ct = _dicom("MR_small.dcm"), _dicom("MR_truncated.dcm"), _dicom("CT_small.dcm")
+    rows, err = _predict(capsys, trained_run, str(good), str(truncated), str(ct))
+    assert [row["file"] for row in rows] == [str(good)]
+    lines = err.strip().splitlines()
+    assert lines == [f"skipped {truncated}: {lines[0].split(': ', 1)[1]}", f"skipped {ct}: modality CT, not MR"]
+    assert "pixel data cannot be decoded" in lines[0]
+    assert main(["predict", "--run", str(trained_run), str(truncated), str(ct)]) == 2
+    assert "none of the 2 file(s) could be read" in capsys.readouterr().err
+
+
+def test_a_nifti_volume_gives_a_row_per_slice_and_a_summary_row(trained_run, capsys):
+    rows, _ = _predict(capsys, trained_run, str(ANATOMICAL), "--slices", "all")
+    assert [row["file"] for row in rows] == [f"{ANATOMICAL}#slice={n}" for n in range(25)] + [str(ANATOMICAL)]
+    summary = rows[-1]
+    assert summary["slices"] == 25 and summary["empty_slices"] == 0
+    assert summary["window"] == "percentile 0.5-99.5"
+    assert np.allclose(_probabilities(summary), np.mean([_probabilities(row) for row in rows[:-1]], axis=0))
+    middle, _ = _predict(capsys, trained_run, str(ANATOMICAL), str(EXAMPLE_4D))  # --slices middle, the default
+    assert [row["file"] for row in middle] == [f"{ANATOMICAL}#slice=12", str(ANATOMICAL),
+                                               f"{EXAMPLE_4D}#slice=12", str(EXAMPLE_4D)]
+    assert np.allclose(_probabilities(middle[0]), _probabilities(rows[12]), atol=1e-6)  # another batch: float noise
+    assert middle[2]["window"] == "cal_min/cal_max 0/1162"
+
+
+def test_axial_slices_of_the_canonical_orientation(tmp_path):
+    """The same volume stored in another orientation gives the same slices (nibabel's closest canonical)."""
+    image = nibabel.load(ANATOMICAL)
+    flipped = image.slicer[::-1, :, ::-1]  # other voxel order, same anatomy (the affine follows)
+    nibabel.save(flipped, tmp_path / "flipped.nii")
+    original, other = (medical.read_scan(path).slices for path in (ANATOMICAL, tmp_path / "flipped.nii"))
+    assert original.shape == (25, 41, 33) and np.array_equal(original, other)
+
+
+def test_near_empty_slices_are_skipped_and_counted(trained_run, tmp_path, capsys):
+    image = nibabel.load(ANATOMICAL)
+    padded = np.pad(np.asanyarray(image.dataobj), ((0, 0), (0, 0), (3, 0)), constant_values=-610)  # its minimum
+    path = tmp_path / "padded.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(padded, image.affine), path)
+    rows, _ = _predict(capsys, trained_run, str(path), "--slices", "all")
+    assert rows[0]["file"] == f"{path}#slice=3" and len(rows) == 26
+    assert rows[-1]["slices"] == 25 and rows[-1]["empty_slices"] == 3
+
+
+def test_a_folder_of_dicom_files_and_a_folder_holding_one_series(trained_run, tmp_path, capsys):
+    copies = tmp_path / "encodings"  # one slice in several encodings: separate files, not a volume
+    copies.mkdir()
+    for name in MR_SMALL[:3]:
+        shutil.copy(_dicom(name), copies / name)
+    rows, _ = _predict(capsys, trained_run, str(copies))
+    assert [row["file"] for row in rows] == [str(copies / name) for name in sorted(MR_SMALL[:3])]
+    series = tmp_path / "series"  # MR_small at three positions along its normal, written in reverse order
+    series.mkdir()
+    source = pydicom.dcmread(_dicom("MR_small.dcm"))
+    normal = np.cross(np.array(source.ImageOrientationPatient[:3], float), source.ImageOrientationPatient[3:])
+    pixels = source.pixel_array
+    for n, stored in enumerate((pixels, pixels[::-1], pixels[:, ::-1])):
+        source.ImagePositionPatient = [float(v) for v in np.array(source.ImagePositionPatient, float) + normal]
+        source.InstanceNumber = n + 1
+        source.PixelData = np.ascontiguousarray(stored).tobytes()
+        source.save_as(series / f"slice{2 - n}.dcm")
+    slices = medical.read_scan(series).slices  # in position order, not file-name order
+    one = medical.read_scan(_dicom("MR_small.dcm")).slices[0]
+    assert [np.array_equal(a, b) for a, b in zip(slices, (one, one[::-1], one[:, ::-1]), strict=True)] == [True] * 3
+    rows, _ = _predict(capsys, trained_run, str(series), "--slices", "all", "--gradcam", str(tmp_path / "cams"))
+    assert [row["file"] for row in rows] == [f"{series}#slice={n}" for n in range(3)] + [str(series)]
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == [f"series.slice-{n}.png" for n in range(3)]
+
+
+def test_a_multi_frame_dicom_is_a_volume(tmp_path):
+    source = pydicom.dcmread(_dicom("MR_small.dcm"))
+    frames = np.stack([source.pixel_array, source.pixel_array[::-1], source.pixel_array[:, ::-1]])
+    source.NumberOfFrames = 3
+    source.PixelData = frames.tobytes()
+    source.save_as(tmp_path / "frames.dcm")
+    scan = medical.read_scan(tmp_path / "frames.dcm")
+    assert scan.volume and scan.window == "voi 600/1600"
+    assert np.array_equal(scan.slices[1], medical.read_scan(_dicom("MR_small.dcm")).slices[0][::-1])
+    decoded = decode_scan(tmp_path / "frames.dcm", 32, [], "all")
+    assert [n for n, _ in decoded.images] == [0, 1, 2]
+
+
+def test_sizes_are_bounded_before_the_pixels_are_read(monkeypatch):
+    monkeypatch.setattr(medical, "MAX_VOXELS", 1000)
+    for path in (ANATOMICAL, _dicom("MR_small.dcm")):
+        with pytest.raises(medical.ScanRefused, match="the limits are"):
+            medical.read_scan(path)
+
+
+def test_no_patient_data_in_any_output(trained_run, tmp_path, capsys):
+    source = pydicom.dcmread(_dicom("MR_small.dcm"))
+    private = [str(source.get(key)) for key in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                                                "StudyDate", "InstitutionName", "StudyInstanceUID",
+                                                "SeriesInstanceUID", "SOPInstanceUID")]
+    private = [value for value in private if value not in ("", "None")]
+    assert len(private) >= 6  # the real file has these fields filled
+    inputs = [str(_dicom(name)) for name in MR_SMALL[:2]]
+    captured = []
+    for args in ([], ["--json"], ["--csv", str(tmp_path / "p.csv"), "--gradcam", str(tmp_path / "cams")]):
+        assert main(["predict", "--run", str(trained_run), *inputs, *args]) == 0
+        out = capsys.readouterr()
+        captured += [out.out, out.err]
+    written = [path.read_bytes().decode("latin-1") for path in tmp_path.rglob("*") if path.is_file()]
+    assert len(written) == 3  # the CSV and two Grad-CAM PNGs
+    for text in captured + written:
+        for value in private:
+            assert value not in text
+
+
+def test_without_the_extra_a_scan_is_skipped_with_the_install_hint(trained_run, tmp_path, monkeypatch, capsys):
+    for name in ("pydicom", "nibabel"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import pydicom` raises ImportError, as when not installed
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in MR_SMALL[:2]:
+        shutil.copy(_dicom(name), folder / name)
+    assert main(["predict", "--run", str(trained_run), str(folder), str(ANATOMICAL)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all("install braintumor[medical]" in line for line in err[:3])
+    assert "none of the 3 file(s)" in err[3]
+
+
+def test_audit_and_training_data_read_scans_through_the_same_decoder(tmp_path, write_config, synth_root):
+    from braintumor.core.config import load_config
+    from braintumor.data.audit import run_audit
+    from braintumor.data.dataset import load_split
+
+    root = tmp_path / "scans"
+    for split in ("Training", "Testing"):
+        for label, files in (("a", [_dicom("MR_small.dcm"), ANATOMICAL]), ("b", [_dicom("CT_small.dcm"), EXAMPLE_4D])):
+            (root / split / label).mkdir(parents=True)
+            for file in files:
+                shutil.copy(file, root / split / label / file.name)
+    report = run_audit(root, out_dir=tmp_path / "audit")
+    assert report["problem_files"]["unreadable"] == [f"{split}/b/CT_small.dcm: modality CT, not MR"
+                                                        for split in ("Training", "Testing")]
+    cfg = load_config(write_config(data={"root": str(root), "image_size": 32, "cache_dir": str(tmp_path / "cache")}))
+    split, on_disk, skipped, _ = load_split(cfg.data, "Training", ["a", "b"])
+    assert on_disk == {"a": 2, "b": 2}
+    assert skipped == [{"file": "Training/b/CT_small.dcm", "reason": "modality CT, not MR"}]
+    assert np.array_equal(split.images[0], decode_image(root / "Training" / "a" / "MR_small.dcm", 32, []))
