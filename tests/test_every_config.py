@@ -27,7 +27,9 @@ from PIL import Image
 from braintumor.cli import main
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import load_config
+from braintumor.core.run import Run
 from braintumor.data.synth import make_dataset
+from braintumor.engine.scoring import Scores, load_scorer
 
 pytestmark = pytest.mark.slow
 
@@ -80,24 +82,23 @@ class Trained:
     error: str
     run_dir: Path | None
     work: Path
-    reference: tuple[list[Path], np.ndarray] | None = None  # Testing files and model.keras's probabilities
+    reference: tuple[list[Path], Scores] | None = None  # Testing files and the run's calibrated scores of them
 
     def completed(self) -> Path:
         if self.rc != 0:
             pytest.fail(f"train {self.config.name} failed, so this command has no run: {self.error}")
         return self.run_dir
 
-    def expected(self, root: Path) -> tuple[list[Path], np.ndarray]:
-        """The Testing files, and model.keras's probabilities for them in plain Keras: what every
-        command's answer is checked against (computed once per config)."""
+    def expected(self, root: Path) -> tuple[list[Path], Scores]:
+        """The Testing files, and the run's scores of them (model.keras's probabilities, temperature-scaled, and
+        the out-of-distribution verdicts): what every command's answer is checked against (once per config)."""
         if self.reference is None:
             from braintumor.data.decode import decode_image
 
             cfg = load_config(self.completed() / "config.yaml")
             files = sorted((root / "Testing").rglob("*.jpg"))
             images = np.stack([decode_image(f, cfg.data.image_size, cfg.data.preprocess) for f in files])
-            model = keras.saving.load_model(self.run_dir / "model.keras")
-            self.reference = files, model.predict(images.astype(np.float32), verbose=0)
+            self.reference = files, load_scorer(Run(self.run_dir))(images)
         return self.reference
 
 
@@ -139,7 +140,7 @@ def test_predict_with_gradcam(trained, tiny_root, capsys):
     assert rc == 0, captured.err.strip().splitlines()[-1:]
     files, expected = trained.expected(tiny_root)
     predictions = {Path(p["file"]): list(p["probabilities"].values()) for p in json.loads(captured.out)}
-    assert np.abs(np.array([predictions[f] for f in files]) - expected).max() < 1e-4
+    assert np.abs(np.array([predictions[f] for f in files]) - expected.probabilities).max() < 1e-4
     assert len(list(cams.rglob("*.png"))) == len(files)
 
 
@@ -213,7 +214,7 @@ def test_export(trained, fmt, tiny_root, capsys):
     from braintumor.data.decode import decode_image
 
     images = np.stack([decode_image(f, cfg.data.image_size, cfg.data.preprocess) for f in files])
-    assert np.abs(_run_export(fmt, out, images.astype(np.float32)) - expected).max() < 1e-4
+    assert np.abs(_run_export(fmt, out, images.astype(np.float32)) - expected.probabilities).max() < 1e-4
     EXPORTED_GRAPHS[f"{fmt}:{architecture}"] = trained.config.stem
 
 
@@ -223,14 +224,16 @@ def test_demo_classify(trained, tiny_root):
 
     run_dir = trained.completed()
     files, expected = trained.expected(tiny_root)
-    from braintumor.core.run import Run
-
     demo = build_demo(Run(run_dir), example_files(Run(run_dir)))
     (classify,) = [f.fn for f in demo.fns.values() if f.api_name == "classify"]
-    probabilities, picture, text = classify(str(files[0]))[:3]
-    assert np.abs(np.array(list(probabilities.values())) - expected[0]).max() < 1e-4
-    picture = Image.open(picture) if isinstance(picture, str | Path) else picture  # a cached PNG's path
-    assert max(probabilities, key=probabilities.get) in text and np.asarray(picture).ndim == 3
+    for index in (int(np.argmax(expected.in_distribution)), int(np.argmin(expected.in_distribution))):
+        probabilities, picture, text = classify(str(files[index]))[:3]
+        if not expected.in_distribution[index]:  # the detector's verdict, as predict's: a warning, no class
+            assert probabilities is None and "does not look like the brain MRI slices" in text
+            continue
+        assert np.abs(np.array(list(probabilities.values())) - expected.probabilities[index]).max() < 1e-4
+        picture = Image.open(picture) if isinstance(picture, str | Path) else picture  # a cached PNG's path
+        assert max(probabilities, key=probabilities.get) in text and np.asarray(picture).ndim == 3
 
 
 @pytest.mark.parametrize("listing", LISTINGS, ids=[p.stem for p in LISTINGS])
