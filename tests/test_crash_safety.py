@@ -110,6 +110,7 @@ def _log_count(run_dir: Path, text: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_sigterm_stops_at_a_safe_point_exits_143_and_the_run_resumes(slow_config, tmp_path):
     process = _train(str(slow_config))
     run_dir = _wait(lambda: _run_dir(tmp_path / "outputs"), process)
@@ -127,6 +128,7 @@ def test_sigterm_stops_at_a_safe_point_exits_143_and_the_run_resumes(slow_config
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_live_run_is_not_resumed_and_a_dead_ones_stale_lock_is_taken_over(slow_config, tmp_path, capsys):
     process = _train(str(slow_config))
     run_dir = _wait(lambda: _run_dir(tmp_path / "outputs"), process)
@@ -142,6 +144,7 @@ def test_a_live_run_is_not_resumed_and_a_dead_ones_stale_lock_is_taken_over(slow
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_resume_continues_the_same_random_streams(write_config, tmp_path):
     """Online augmentation, shuffle order and dropout: resumed after epoch k = uninterrupted, to float tolerance."""
     config = write_config("streams", augmentation={"enabled": True, "mode": "online"},

@@ -39,6 +39,7 @@ print("RESULTS " + json.dumps(results))
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_quickstart_under_mirrored_on_two_cpu_devices_matches_single_device(tmp_path):
     make_dataset(tmp_path / "synthetic")  # the quickstart's data set, at a path of the test's own
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

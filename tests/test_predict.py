@@ -109,7 +109,8 @@ assert not any(name.startswith("braintumor") for name in sys.modules), "braintum
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size", [("vgg16", 32), ("inceptionv3", 75), ("simple_cnn", 32)])
+@pytest.mark.parametrize("name,size", [("vgg16", 32), pytest.param("inceptionv3", 75, marks=pytest.mark.extended),
+                                       ("simple_cnn", 32)])
 def test_saved_model_loads_in_plain_keras_with_the_same_probabilities(name, size, tmp_path):
     model = build_model(ModelConfig(backbone=name, weights="none", mode="full"), size, 4)
     path = tmp_path / "model.keras"

@@ -261,6 +261,7 @@ def test_prefix_then_suffix_equals_the_whole_model(synth_root, tmp_path, backbon
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_killed_cached_fine_tune_resumes_from_its_last_epoch(synth_root, tmp_path):
     """A real kill (SIGKILL) after the first epoch's checkpoint; resume continues from there, on the cache."""
     epochs = 12

@@ -282,6 +282,12 @@ def test_sweep_folds_trains_every_fold_and_compare_pools_them(twin_root: Path, t
         assert tested[-1] == {row["file"] for row in csv.DictReader(folder.predictions.open())}
     assert not tested[0] & tested[1] and not tested[1] & tested[2] and sum(map(len, tested)) == 91  # 93 - conflict
 
+    # evaluate scores a fold's own test part by default and refuses an official folder it partly trained on
+    assert main(["evaluate", "--run", str(folder.path), "--out", str(tmp_path / "eval")]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (again["n"], again["accuracy"]) == (metrics["n"], pytest.approx(metrics["accuracy"]))
+    assert main(["evaluate", "--run", str(folder.path), "--split", "Testing"]) == 2
+
     out = tmp_path / "cmp"
     assert main(["compare", str(sweep_dir), "--out", str(out)]) == 0
     (row,) = list(csv.DictReader((out / "configurations.csv").open()))

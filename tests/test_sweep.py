@@ -164,6 +164,7 @@ def test_local_sweep_runs_in_parallel_and_compare_pools_the_seeds(write_config, 
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_ctrl_c_stops_every_child_marks_runs_failed_and_resume_finishes_them(write_config, tmp_path):
     config = write_config("long", train={"epochs": 60, "early_stopping_patience": 0, "batch_size": 8})
     parent = cli("sweep", str(config), "--seeds", "0,1", "--jobs", "2")
@@ -202,6 +203,7 @@ def squeue_empty(job_ids: list[str]) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_slurm_job_array_trains_every_run_and_a_killed_task_is_completed_by_resubmitting(
         slurm, tmp_path, capsys):
     started = time.monotonic()

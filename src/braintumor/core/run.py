@@ -10,6 +10,7 @@ disk because the run keeps a little space in reserve. Commands that use a traine
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import json
 import os
@@ -281,6 +282,21 @@ class Run(Reports):
 
     def validation_files(self) -> list[str]:
         return self._data_entry("validation_files")
+
+    def protocol(self) -> str:
+        """The split protocol the run trained under (official for a run from before protocols existed)."""
+        data = read_json(self.data)
+        protocol = data.get("protocol") if isinstance(data, dict) else None
+        return str(protocol.get("name", "official")) if isinstance(protocol, dict) else "official"
+
+    def test_files(self) -> list[str]:
+        """The files of the test part the run was scored on, from split.csv."""
+        try:
+            with self.split.open(newline="", encoding="utf-8") as handle:
+                return [row["file"] for row in csv.DictReader(handle) if row.get("split") == "test"]
+        except (OSError, KeyError, csv.Error, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read {self.split} ({describe(err)}); the run folder is damaged: "
+                            f"train it again with braintumor train {self.config}") from err
 
     def _data_entry(self, key: str) -> Any:
         data = read_json(self.data)

@@ -98,20 +98,26 @@ def report_training_run(run: Run, cfg: Config, data: Dataset, best_epoch: int | 
     return metrics
 
 
-def evaluate_run(run: Run, data_root: Path | None = None, split: str = "Testing", out_dir: Path | None = None,
+def evaluate_run(run: Run, data_root: Path | None = None, split: str | None = None, out_dir: Path | None = None,
                  tta: bool = False, leak_free: bool = False) -> Path:
-    """`braintumor evaluate`: metrics of a run's saved model on one split; returns the output folder."""
-    cfg, classes = run.read_config(), run.classes()
+    """`braintumor evaluate`: metrics of a run's saved model on one split (by default its test part: Testing under
+    the official protocol, split.csv's test part under a grouped one); returns the output folder."""
+    cfg, classes, protocol = run.read_config(), run.classes(), run.protocol()
+    split = split or ("test" if protocol != "official" else cfg.data.test_dir)
+    if protocol != "official" and split in (cfg.data.train_dir, cfg.data.test_dir):
+        raise UserError(f"this run trained under protocol {protocol}, on images of both {cfg.data.train_dir} and "
+                        f"{cfg.data.test_dir}, so its {split} scores would count trained images; use --split test "
+                        "(its own test part, from split.csv)")
     if leak_free and split in (cfg.data.train_dir, "validation"):
         raise UserError(f"--leak-free compares a split with {cfg.data.train_dir}, so it does not apply to {split}; "
                         f"use it with --split {cfg.data.test_dir} or another held-out folder")
     data_cfg = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root,
                                    make_synthetic_if_missing=False)
     scorer = load_scorer(run)
-    if split == "validation":  # a grouped protocol draws validation images from both folders
+    if split in ("validation", "test"):  # a grouped protocol draws these images from both folders
         chosen = load_split(data_cfg, data_cfg.train_dir, classes)[0] + load_split(data_cfg, data_cfg.test_dir,
                                                                                    classes)[0]
-        wanted = set(run.validation_files())
+        wanted = set(run.validation_files() if split == "validation" else run.test_files())
         chosen = chosen.subset(np.array([i for i, f in enumerate(chosen.files) if f in wanted], dtype=int))
     else:
         chosen, _, _, _ = load_split(data_cfg, split, classes)
@@ -124,14 +130,19 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str = "Testing"
     return dest.path
 
 
-def evaluate_ensemble(runs: list[Run], split: str = "Testing", out_dir: Path | None = None,
+def evaluate_ensemble(runs: list[Run], split: str | None = None, out_dir: Path | None = None,
                       tta: bool = False) -> Path:
     """`braintumor evaluate --ensemble`: the mean of several runs' probabilities on one split (e.g. the seeds
     of one configuration), written as the usual reports with leak-free metrics; returns the output folder."""
     if len(runs) < 2:
         raise UserError("--ensemble needs at least two run directories; for one run use --run RUN_DIR")
+    grouped = [run for run in runs if run.protocol() != "official"]
+    if grouped:
+        raise UserError(f"{grouped[0].path} trained under protocol {grouped[0].protocol()}, whose test part is its "
+                        "own; ensemble runs of the official protocol, or compare grouped runs with braintumor compare")
     configs = [(run.read_config(), run.classes()) for run in runs]
     (cfg, classes), pipeline = configs[0], _image_pipeline(configs[0][0])
+    split = split or cfg.data.test_dir
     for run, (other, other_classes) in zip(runs[1:], configs[1:], strict=True):
         if other_classes != classes or _image_pipeline(other) != pipeline:
             raise UserError(f"{run.path} has other classes or another image pipeline than {runs[0].path} "

@@ -20,9 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="average the probabilities of these runs (same data, image size and preprocessing), "
                            "e.g. the seeds of one sweep configuration")
     parser.add_argument("--data", metavar="ROOT", help="data root holding the split (default: the run's data.root)")
-    parser.add_argument("--split", default="Testing",
-                        help="Testing, Training, validation (the run's own validation files), or a folder name "
-                             "under ROOT")
+    parser.add_argument("--split",
+                        help="test (the run's own test part, from its split.csv), validation (its validation files), "
+                             "Testing, Training, or a folder name under ROOT (default: test for a run of a grouped "
+                             "protocol, clean or kfold, whose training images come from both folders; Testing "
+                             "otherwise)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval/<split>-<time>)")
     parser.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     parser.add_argument("--leak-free", action="store_true",
