@@ -8,9 +8,10 @@ from pathlib import Path
 from braintumor.apps.commands.shared import MAX_BATCH, add_run_dir, batch_size, start_tensorflow
 from braintumor.data.medical import SLICES
 
-# The fastest batch whose whole process stays under 1 GB with VGG16 at 224 px, and at least twice the speed of
-# the PyPI peer detect-tumor (BENCHMARKS.md, "predict: peak memory against batch size"); 64 peaked at 2.2 GB.
-BATCH_SIZE = 16
+# BENCHMARKS.md, "predict: peak memory against batch size" (VGG16, 224 px, 394 images, 2-core AVX2 CPU): every
+# batch from 1 to 64 ran at 3.3-3.9 images/s, while the peak grew from 1031 MiB (1) to 2745 MiB (64), about 27 MB
+# per image of the batch. So the default is the smallest; a GPU or an AVX-512 CPU gains from --batch-size 32 or 64.
+BATCH_SIZE = 1
 HELP = "classify image files or folders with a trained run (optionally Grad-CAM)"
 DESCRIPTION = ("Classify images with a run's model, through the run's own decoding and preprocessing: one line "
                "per image, or --json, or --csv.")
@@ -33,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "its slices, each a FILE#slice=N row, with a summary row FILE; near-empty slices are "
                              "skipped and counted")
     parser.add_argument("--batch-size", type=batch_size, default=BATCH_SIZE, metavar="N",
-                        help=f"images per model call, 1 to {MAX_BATCH} (default %(default)s: the fastest under 1 GB "
-                        "of memory with VGG16 at 224 px; larger batches use more memory)")
+                        help=f"images per model call, 1 to {MAX_BATCH} (default %(default)s: on a CPU larger batches "
+                        "were no faster and took about 27 MB more memory per image with VGG16 at 224 px; on a GPU "
+                        "try 32 or 64)")
 
 
 def run(args: argparse.Namespace) -> None:
