@@ -615,8 +615,9 @@ def _memory_section(memory: dict, load: tuple[float, float]) -> str:
     lines = ["<!-- predict-memory -->", "## predict: peak memory against batch size (issue 17)", "",
              f"Written by `python scripts/bench.py --only memory` on {datetime.now():%Y-%m-%d %H:%M} on "
              f"{machine['cpu']}, {machine['cores']} cores, vector instructions {' '.join(vector) or 'none'}; "
-             f"1-minute load average at the start and end: {load[0]:.2f}, {load[1]:.2f}. Each row is one whole process, start-up "
-             f"and model load included: `braintumor predict --run RUN Testing/ --json --batch-size N` on the "
+             f"1-minute load average at the start and end: {load[0]:.2f}, {load[1]:.2f}. Each row is one whole "
+             "process, start-up and model load included: `braintumor predict --run RUN Testing/ --json "
+             f"--batch-size N` on the "
              f"{images} Testing images with a VGG16 run at {STUDY_SIZE} px (float32, random weights: speed and "
              f"memory do not depend on weight values); peak resident memory from the kernel (wait4)."
              + (f" The peer: {PEER} from PyPI (VGG16 ONNX at 240 px on onnxruntime, one image per call, as its "
