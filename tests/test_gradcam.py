@@ -25,6 +25,8 @@ SCRATCH = Path(__file__).resolve().parents[1] / "configs" / "scratch.yaml"
 
 @pytest.fixture(autouse=True)
 def _float32_policy():
+    """Before (an in-process train of an earlier test file sets the global policy it trained in) and after."""
+    keras.mixed_precision.set_dtype_policy("float32")
     yield
     keras.mixed_precision.set_dtype_policy("float32")
 

@@ -28,12 +28,15 @@ pytestmark = [
 selenium = pytest.importorskip("selenium", reason="needs selenium (pip install 'braintumor[demo]')")
 pytest.importorskip("gradio", reason="needs gradio (pip install 'braintumor[demo]')")
 
+from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from sklearn.datasets import load_sample_images  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+UNLIKE_TRAINING = "does not look like the brain MRI slices"  # the demo's warning (apps/serve.py)
 ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
@@ -144,10 +147,21 @@ def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, syn
     _upload(browser, other)
     assert f"Predicted {_predict_json(demo_run, other)['predicted']}" in _status(browser, "Predicted")
 
-    _clear(browser)  # a DICOM file, with the [medical] extra (in dev)
+    _clear(browser)  # a photograph: the run's out-of-distribution detector flags it, as predict does
+    photo = tmp_path / "china.jpg"
+    Image.fromarray(load_sample_images().images[0]).save(photo)
+    assert _predict_json(demo_run, photo)["in_distribution"] is False
+    _upload(browser, photo)
+    assert "Predicted" not in _status(browser, UNLIKE_TRAINING)
+
+    _clear(browser)  # a DICOM file, with the [medical] extra (in dev): a class, or the warning where predict flags it
     dicom = Path(pytest.importorskip("pydicom.data").get_testdata_file("MR_small.dcm", download=False))
     _upload(browser, dicom)
-    assert f"Predicted {_predict_json(demo_run, dicom)['predicted']}" in _status(browser, "Predicted")
+    answer = _predict_json(demo_run, dicom)
+    if answer["in_distribution"]:
+        assert f"Predicted {answer['predicted']}" in _status(browser, "Predicted")
+    else:  # the demo run learnt synthetic images only
+        _status(browser, UNLIKE_TRAINING)
 
     _clear(browser)  # an example is served although its folder is not (tests/test_serve.py)
     example = example_files(Run(demo_run))[-1]

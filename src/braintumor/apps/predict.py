@@ -35,6 +35,7 @@ from braintumor.results.cells import one_line
 from braintumor.results.reports import ood_cells, prediction_header, write_csv
 
 NOT_LIKE_TRAINING = "not like the training data"  # how the text output marks an out-of-distribution image
+PROGRESS_FROM = 50  # files: a progress bar for work of more than a few seconds, none for a handful of files
 
 
 @dataclass
@@ -242,7 +243,7 @@ def predict_paths(run: Run, paths: list[Path], batch_size: int, tta: bool = Fals
         cam = GradCam(loaded.model)
     results = []
     with tqdm(total=len(files), desc="predicting", unit="file", leave=False,
-              disable=len(files) < 2 * batch_size) as bar:
+              disable=len(files) < PROGRESS_FROM) as bar:
         for inputs, images in decoded_batches(loaded, files, batch_size, skipped, slices):
             scores = loaded.scorer(images, tta)
             results += _rows(inputs, scores)
