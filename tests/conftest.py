@@ -15,12 +15,12 @@ needs_real_data = pytest.mark.skipif(
 
 
 def pytest_collection_modifyitems(config, items):
-    """pytest-xdist's loadgroup: each test file stays on one worker, in order (its module fixtures: a trained run, a
-    SLURM cluster, a browser), unless its tests name their own groups, as test_every_config.py does per model
-    family so that its families share the two workers."""
+    """The files with the most slow tests first: pytest-xdist's loadfile hands out whole files in this order, so the
+    longest start first and no worker is left alone with one at the end (a file's own order is kept)."""
+    slow = {}
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(scope="session")

@@ -293,6 +293,7 @@ def _writing_reports(run_dir: Path) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_kill_anywhere_then_resume(write_config, tmp_path):
     """SIGKILL tiny trainings at chosen and random instants, resume each (killing resumes too) until complete.
 

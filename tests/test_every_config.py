@@ -49,11 +49,7 @@ def _family(config: Path) -> str:
 
 
 def _param(config: Path):
-    """One config, grouped with its model family on one xdist worker (configs of a family share their exports)."""
-    family = _family(config)
-    marks = [pytest.mark.xdist_group(f"every-config-{family}")]
-    return pytest.param(config, id=config.stem, marks=marks if family in CI_FAMILIES else
-                        [*marks, pytest.mark.extended])
+    return pytest.param(config, id=config.stem, marks=[] if _family(config) in CI_FAMILIES else [pytest.mark.extended])
 FORMATS = ["onnx", "savedmodel", "tflite"]
 
 

@@ -118,7 +118,6 @@ def slow_config(write_config):
 
 
 @pytest.mark.slow
-@pytest.mark.extended
 def test_resume_after_sigkill_completes_the_run(slow_config, tmp_path):
     with _start(slow_config) as process:  # closes its stderr pipe
         run_dir = _wait_for_first_epoch(process, tmp_path / "outputs")
