@@ -50,9 +50,11 @@ def test_quickstart_under_mirrored_on_two_cpu_devices_matches_single_device(tmp_
     single, mirrored = results["none"], results["mirrored"]
     assert [device.split("/")[-1] for device in mirrored["env"]["devices"]] == ["device:CPU:0", "device:CPU:1"]
     assert mirrored["env"]["distribution"] == "mirrored" and len(single["env"]["devices"]) == 1
-    assert single["accuracy"] > 0.5 and mirrored["accuracy"] > 0.5  # both learned (chance is 0.25)
-    # the same global batches and seed; replicas only change the summation order, so nearly the same model
-    assert abs(single["accuracy"] - mirrored["accuracy"]) <= 0.1, results
+    # both learn (chance is 0.25). They are two trainings of one recipe, not one: each replica's BatchNorm takes
+    # its statistics from its half of the global batch and draws its own dropout masks, so the curves part from
+    # the first epoch (training accuracy 0.27 and 0.30 there on 2026-12-03), and this 8-epoch quickstart's best
+    # validation epoch, which decides Testing, fell 0.26 apart once (0.96 and 0.70).
+    assert single["accuracy"] > 0.5 and mirrored["accuracy"] > 0.5, results
 
 
 def test_devices_need_mirrored():
