@@ -116,6 +116,16 @@ def test_python_dash_m_braintumor_is_the_command():
     assert (result.returncode, result.stdout.strip()) == (0, f"braintumor {__version__}"), result.stderr
 
 
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`braintumor validate configs/*.yaml | head -1`: the reader is gone before the first line is written."""
+    configs = sorted(str(path) for path in (ROOT / "configs").glob("*.yaml"))
+    process = subprocess.Popen([sys.executable, "-m", "braintumor", "validate", *configs], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC}, cwd=ROOT)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert (process.wait(timeout=60), stderr) == (141, "")
+
+
 def test_the_wheel_lists_every_package_and_ships_the_configs():
     """pyproject lists packages by hand (configs/ is mapped in from the top of the repository), so a new
     package left out of the list would be missing from an installed wheel."""

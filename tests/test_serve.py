@@ -71,7 +71,7 @@ def server(trained_run):
     """One in-process demo server on localhost for this module's client tests."""
     from braintumor.apps.serve import start
 
-    demo = start(Run(trained_run), "127.0.0.1", _free_port())
+    demo = start(trained_run, "127.0.0.1", _free_port())
     yield demo.local_url
     demo.close()
 

@@ -8,6 +8,8 @@ check their arguments and configs before TensorFlow loads, so a typo answers at 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -113,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # training stops at a safe point and says how to resume; SIGTERM: 143
         print("interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
         return getattr(err, "exit_code", 130)
+    except BrokenPipeError:  # `braintumor ... | head` closed our stdout: stop quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
+        return 128 + signal.SIGPIPE
     return 0
 
 

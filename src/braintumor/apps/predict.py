@@ -32,7 +32,7 @@ from braintumor.data.files import READABLE, walk
 from braintumor.data.medical import group_series
 from braintumor.engine.scoring import Scorer, Scores, load_scorer
 from braintumor.results.cells import one_line
-from braintumor.results.reports import ood_cells, prediction_header, write_csv
+from braintumor.results.reports import ood_cells, ood_pairs, prediction_header, write_csv
 
 NOT_LIKE_TRAINING = "not like the training data"  # how the text output marks an out-of-distribution image
 PROGRESS_FROM = 50  # files: a progress bar for work of more than a few seconds, none for a handful of files
@@ -194,10 +194,9 @@ def _check_gradcam_dir(gradcam_dir: Path, paths: list[Path], files: list[Path], 
 
 
 def _rows(inputs: list[Input], scores: Scores) -> list[tuple[Input, Prediction]]:
-    verdicts = [None] * len(inputs) if scores.in_distribution is None else scores.in_distribution.tolist()
-    ood = [None] * len(inputs) if scores.ood_scores is None else scores.ood_scores.tolist()
+    pairs = ood_pairs(len(inputs), scores.in_distribution, scores.ood_scores)
     return [(item, Prediction(item.name, p, ok, score, item.decoded.window))
-            for item, p, ok, score in zip(inputs, scores.probabilities, verdicts, ood, strict=True)]
+            for item, p, (ok, score) in zip(inputs, scores.probabilities, pairs, strict=True)]
 
 
 def _with_summaries(results: list[tuple[Input, Prediction]]) -> list[Prediction]:
@@ -245,7 +244,7 @@ def predict_paths(run: Run, paths: list[Path], batch_size: int, tta: bool = Fals
     with tqdm(total=len(files), desc="predicting", unit="file", leave=False,
               disable=len(files) < PROGRESS_FROM) as bar:
         for inputs, images in decoded_batches(loaded, files, batch_size, skipped, slices):
-            scores = loaded.scorer(images, tta)
+            scores = loaded.scorer(images, tta, batch_size)
             results += _rows(inputs, scores)
             if cam is not None:
                 _write_gradcams(cam, loaded, images, scores.probabilities,

@@ -180,11 +180,13 @@ def check_address(host: str, port: int) -> None:
             raise UserError(problem) from err
 
 
-def start(run: Run, host: str = "127.0.0.1", port: int = 7860):
-    """Check the address, load the run and start the demo in a background thread; return it (`.close()` stops it)."""
+def start(run_dir: Path, host: str = "127.0.0.1", port: int = 7860):
+    """Check the address, then the run, load it and start the demo in a background thread; return it (`.close()`
+    stops it). A bad address is named first: it costs nothing to check, and the run folder may be fine."""
     if importlib.util.find_spec("gradio") is None:
         raise UserError("serve needs gradio, which is not installed; install the extra: pip install 'braintumor[demo]'")
     check_address(host, port)
+    run = Run.completed(run_dir, "serve")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a medical demo
     examples = example_files(run)
     demo = build_demo(run, examples)
@@ -198,8 +200,8 @@ def start(run: Run, host: str = "127.0.0.1", port: int = 7860):
     return demo
 
 
-def serve(run: Run, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 7860) -> None:
     """`braintumor serve`: run the demo until interrupted."""
-    demo = start(run, host, port)
-    print(f"serving {run.path} at {demo.local_url} (Ctrl-C stops)", flush=True)
+    demo = start(run_dir, host, port)
+    print(f"serving {run_dir} at {demo.local_url} (Ctrl-C stops)", flush=True)
     demo.block_thread()

@@ -10,7 +10,6 @@ disk because the run keeps a little space in reserve. Commands that use a traine
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
 import json
 import os
@@ -289,15 +288,6 @@ class Run(Reports):
         protocol = data.get("protocol") if isinstance(data, dict) else None
         return str(protocol.get("name", "official")) if isinstance(protocol, dict) else "official"
 
-    def test_files(self) -> list[str]:
-        """The files of the test part the run was scored on, from split.csv."""
-        try:
-            with self.split.open(newline="", encoding="utf-8") as handle:
-                return [row["file"] for row in csv.DictReader(handle) if row.get("split") == "test"]
-        except (OSError, KeyError, csv.Error, UnicodeDecodeError) as err:
-            raise UserError(f"cannot read {self.split} ({describe(err)}); the run folder is damaged: "
-                            f"train it again with braintumor train {self.config}") from err
-
     def _data_entry(self, key: str) -> Any:
         data = read_json(self.data)
         if not isinstance(data, dict) or key not in data:
@@ -319,7 +309,10 @@ class Run(Reports):
 
     def read_status(self) -> dict:
         status = read_json(self.status)
-        return status if isinstance(status, dict) else {}
+        if not isinstance(status, dict):
+            raise UserError(f"{self.status} is not a JSON object; the run folder is damaged: "
+                            f"train it again with braintumor train {self.config}")
+        return status
 
     def state(self) -> str | None:
         """The state in status.json (running, completed, failed; unknown if it names none), or None without one."""

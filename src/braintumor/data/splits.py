@@ -148,26 +148,26 @@ def read_split_file(path: Path, root: Path) -> dict[str, tuple[str, str]]:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"cannot read data.split_file {path} ({describe(err)}); pass a CSV written by "
+        raise UserError(f"cannot read split file {path} ({describe(err)}); pass a CSV written by "
                         "braintumor data split") from err
     if not rows or not set(COLUMNS[:5]) <= set(rows[0]):
-        raise UserError(f"data.split_file {path} lacks the columns {', '.join(COLUMNS[:5])}; pass a CSV written by "
+        raise UserError(f"split file {path} lacks the columns {', '.join(COLUMNS[:5])}; pass a CSV written by "
                         "braintumor data split")
     if len(rows) > MAX_SPLIT_FILE_ROWS:
-        raise UserError(f"data.split_file {path} has {len(rows)} rows, over {MAX_SPLIT_FILE_ROWS}; pass a split of "
+        raise UserError(f"split file {path} has {len(rows)} rows, over {MAX_SPLIT_FILE_ROWS}; pass a split of "
                         "this data set")
     found = {}
     for number, row in enumerate(rows, start=2):
         file, side = row["file"], row["split"]
         if not (side in (TRAIN, VALIDATION, TEST, EXCLUDED) or side.isdigit()):
-            raise UserError(f"data.split_file {path} line {number}: split {side!r} is not train, validation, test, "
+            raise UserError(f"split file {path} line {number}: split {side!r} is not train, validation, test, "
                             "excluded or a fold number; write the file with braintumor data split")
         image = root / file
         if Path(file).is_absolute() or ".." in Path(file).parts or not image.is_file():
-            raise UserError(f"data.split_file {path} line {number}: {file} is not an image under {root}; "
+            raise UserError(f"split file {path} line {number}: {file} is not an image under {root}; "
                             "use the data root the split was written for (data.root)")
         if file_sha256(image) != row["sha256"]:
-            raise UserError(f"data.split_file {path} line {number}: {image} no longer matches its sha256 in the "
+            raise UserError(f"split file {path} line {number}: {image} no longer matches its sha256 in the "
                             "file; restore the image or write the split again with braintumor data split")
         found[file] = (side, row.get("reason") or "")
     return found

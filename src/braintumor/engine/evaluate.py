@@ -16,6 +16,7 @@ from braintumor.core import logs, rundir
 from braintumor.core.config import Config, DataConfig
 from braintumor.core.errors import UserError
 from braintumor.core.run import Evaluation, Reports, Run
+from braintumor.data import splits
 from braintumor.data.dataset import Dataset, Split, list_split, load_split
 from braintumor.data.twins import find_test_twins
 from braintumor.engine.calibrate import fit_calibration
@@ -117,7 +118,11 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str | None = No
     if split in ("validation", "test"):  # a grouped protocol draws these images from both folders
         chosen = load_split(data_cfg, data_cfg.train_dir, classes)[0] + load_split(data_cfg, data_cfg.test_dir,
                                                                                    classes)[0]
-        wanted = set(run.validation_files() if split == "validation" else run.test_files())
+        if split == "validation":
+            wanted = set(run.validation_files())
+        else:  # the split file's reader also checks that each image still has the content the run trained beside
+            sides = splits.read_split_file(run.split, Path(data_cfg.root))
+            wanted = {file for file, (side, _) in sides.items() if side == splits.TEST}
         chosen = chosen.subset(np.array([i for i, f in enumerate(chosen.files) if f in wanted], dtype=int))
     else:
         chosen, _, _, _ = load_split(data_cfg, split, classes)

@@ -39,24 +39,25 @@ class Scorer:
         kernel, bias = facts.classifier(model).get_weights()
         self._kernel, self._bias = np.asarray(kernel, np.float64), np.asarray(bias, np.float64)
 
-    def features_and_logits(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, D) features and (N, C) logits of uint8 or float images in [0, 255], PREDICT_BATCH at a time."""
+    def features_and_logits(self, images: np.ndarray,
+                            batch_size: int = PREDICT_BATCH) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) features and (N, C) logits of uint8 or float images in [0, 255], `batch_size` at a time."""
         features = np.concatenate([
-            np.asarray(self._features.predict_on_batch(images[start:start + PREDICT_BATCH].astype(np.float32)),
+            np.asarray(self._features.predict_on_batch(images[start:start + batch_size].astype(np.float32)),
                        np.float64)
-            for start in range(0, len(images), PREDICT_BATCH)]) if len(images) else np.zeros((0, len(self._kernel)))
+            for start in range(0, len(images), batch_size)]) if len(images) else np.zeros((0, len(self._kernel)))
         return features, features @ self._kernel + self._bias
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return self.calibration.probabilities(logits) if self.calibration else softmax(logits)
 
-    def __call__(self, images: np.ndarray, tta: bool = False) -> Scores:
+    def __call__(self, images: np.ndarray, tta: bool = False, batch_size: int = PREDICT_BATCH) -> Scores:
         """With `tta`, the probabilities are the mean over the image and its horizontal flip; the out-of-distribution
         score is the image's own."""
-        features, logits = self.features_and_logits(images)
+        features, logits = self.features_and_logits(images, batch_size)
         probs = self.probabilities(logits)
         if tta:
-            probs = (probs + self.probabilities(self.features_and_logits(images[:, :, ::-1])[1])) / 2
+            probs = (probs + self.probabilities(self.features_and_logits(images[:, :, ::-1], batch_size)[1])) / 2
         if self.calibration is None:
             return Scores(probs, logits, features, None, None)
         scores = self.calibration.ood_scores(features, logits)

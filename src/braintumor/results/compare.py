@@ -185,7 +185,7 @@ def _read_run(config_path: Path, outputs_dir: Path, include_eval: bool) -> tuple
     label = str(config.get("label") or config.get("name") or run.name)
     backbone = str((config.get("model") or {}).get("backbone") or "unknown")
     try:
-        state = _state(run / contract.STATUS)
+        state = contract.Run(run).state() or f"no {contract.STATUS}"
     except UserError as err:
         return [], [_not_compared(run, outputs_dir, label, "unknown", err, retrain)]
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
@@ -237,15 +237,6 @@ def _not_compared(folder: Path, outputs_dir: Path, label: str, state: str, probl
 
 def _not_compared_text(row: dict) -> str:
     return f"{row['folder']}: {row['problem']}; {row['action']}"
-
-
-def _state(status_path: Path) -> str:
-    if not status_path.exists():
-        return "no status.json"
-    status = read_json(status_path)
-    if not isinstance(status, dict):
-        raise UserError(f"{status_path} is not a JSON object; {WRITE_AGAIN}")
-    return str(status.get("state", "unknown"))
 
 
 def _read_config(path: Path) -> dict:

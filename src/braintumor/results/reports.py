@@ -67,17 +67,24 @@ def ood_cells(in_distribution: bool | None, ood_score: float | None) -> list:
             "" if ood_score is None else float(ood_score)]
 
 
+def ood_pairs(count: int, in_distribution: np.ndarray | None,
+              ood_scores: np.ndarray | None) -> list[tuple[bool | None, float | None]]:
+    """(in distribution, out-of-distribution score) per row; (None, None) for a run without a detector."""
+    if in_distribution is None or ood_scores is None:
+        return [(None, None)] * count
+    return list(zip(in_distribution.tolist(), ood_scores.tolist(), strict=True))
+
+
 def write_predictions(
     path: Path, files: Sequence[str], y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
     in_distribution: np.ndarray | None = None, ood_scores: np.ndarray | None = None,
 ) -> None:
     predicted = np.asarray(probs).argmax(axis=1)
-    verdicts = [None] * len(files) if in_distribution is None else in_distribution.tolist()
-    scores = [None] * len(files) if ood_scores is None else ood_scores.tolist()
     write_csv(path, prediction_header(classes), (
         [file, classes[true], classes[pred], *row, *ood_cells(verdict, score)]
-        for file, true, pred, row, verdict, score in zip(
-            files, y_true, predicted, np.asarray(probs, np.float64).tolist(), verdicts, scores, strict=True)
+        for file, true, pred, row, (verdict, score) in zip(
+            files, y_true, predicted, np.asarray(probs, np.float64).tolist(),
+            ood_pairs(len(files), in_distribution, ood_scores), strict=True)
     ))
 
 

@@ -18,11 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from braintumor.core.run import Run
 
     start_tensorflow(args.debug)
     from braintumor.apps import serve
 
-    serve.check_address(args.host, args.port)  # a bad address is named before the run is read
-    run = Run.completed(Path(args.run), "serve")
-    serve.serve(run, host=args.host, port=args.port)
+    serve.serve(Path(args.run), host=args.host, port=args.port)
