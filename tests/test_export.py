@@ -157,7 +157,8 @@ def test_a_bfloat16_run_s_card_says_how_far_its_float32_export_is(write_config, 
     from braintumor.core.config import load_config
     from braintumor.engine.train import run as train
 
-    run = train(load_config(write_config("bf16", train={"precision": "mixed_bfloat16"})))
+    # no TensorBoard logs: nothing here reads them, and writing them costs a run seconds
+    run = train(load_config(write_config("bf16", train={"precision": "mixed_bfloat16", "tensorboard": False})))
     assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
     card = _card(run / "export" / "onnx")
     check = card["check"]
@@ -206,7 +207,8 @@ def test_the_onnx_export_folder_alone_reproduces_braintumor_predict_on_real_imag
 
     files = [str(f) for name in CLASSES for f in sorted((REAL_DATA / "Testing" / name).iterdir())[:5]]
     preprocessed = train(load_config(write_config("crop", data={"image_size": 64,
-                                                                "preprocess": ["brain_crop", "standardize"]})))
+                                                                "preprocess": ["brain_crop", "standardize"]},
+                                                  train={"tensorboard": False})))  # as above: unread
     stubs = _only_onnxruntime_numpy_pillow(tmp_path / "stubs")
     wrapper = tmp_path / "isolated.py"
     wrapper.write_text(ISOLATED)

@@ -102,25 +102,31 @@ def test_preprocess_layer_equals_keras_applications_preprocess_input(name):
 
 PLAIN_KERAS = """
 import sys, keras, numpy as np
-model = keras.models.load_model(sys.argv[1], safe_mode=True)
-np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+for name in sys.argv[1:]:  # NAME.keras, NAME.npy (images) -> NAME-p.npy (probabilities)
+    model = keras.models.load_model(f"{name}.keras", safe_mode=True)
+    np.save(f"{name}-p.npy", model.predict(np.load(f"{name}.npy"), verbose=0))
 assert not any(name.startswith("braintumor") for name in sys.modules), "braintumor was imported"
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size", [("vgg16", 32), pytest.param("inceptionv3", 75, marks=pytest.mark.extended),
-                                       ("simple_cnn", 32)])
-def test_saved_model_loads_in_plain_keras_with_the_same_probabilities(name, size, tmp_path):
-    model = build_model(ModelConfig(backbone=name, weights="none", mode="full"), size, 4)
-    path = tmp_path / "model.keras"
-    model.save(path)
-    images = np.random.default_rng(1).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
-    np.save(tmp_path / "x.npy", images)
+@pytest.mark.parametrize("backbones", [
+    # one fresh interpreter for both: importing TensorFlow there costs more than the two models together
+    pytest.param([("vgg16", 32), ("simple_cnn", 32)], id="vgg16+simple_cnn"),
+    pytest.param([("inceptionv3", 75)], id="inceptionv3", marks=pytest.mark.extended),
+])
+def test_saved_model_loads_in_plain_keras_with_the_same_probabilities(backbones, tmp_path):
+    models = {}
+    for name, size in backbones:
+        models[name] = build_model(ModelConfig(backbone=name, weights="none", mode="full"), size, 4)
+        models[name].save(tmp_path / f"{name}.keras")
+        images = np.random.default_rng(1).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
+        np.save(tmp_path / f"{name}.npy", images)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no way to import our package
-    subprocess.run([sys.executable, "-c", PLAIN_KERAS, str(path), str(tmp_path / "x.npy"), str(tmp_path / "p.npy")],
-                   check=True, env=env, cwd=tmp_path, capture_output=True)
-    assert np.allclose(np.load(tmp_path / "p.npy"), model.predict(images, verbose=0), atol=1e-6)
+    subprocess.run([sys.executable, "-c", PLAIN_KERAS, *models], check=True, env=env, cwd=tmp_path, capture_output=True)
+    for name, model in models.items():
+        expected = model.predict(np.load(tmp_path / f"{name}.npy"), verbose=0)
+        assert np.allclose(np.load(tmp_path / f"{name}-p.npy"), expected, atol=1e-6), name
 
 
 def test_runs_saved_with_the_old_custom_preprocessing_layer_still_load(tmp_path):

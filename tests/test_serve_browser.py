@@ -1,4 +1,5 @@
-"""The web demo in a real browser: Debian's headless Chromium driven by Selenium against `braintumor serve`.
+"""The web demo in a real browser: Debian's headless Chromium driven by Selenium against the server `braintumor serve`
+starts (apps.serve.start), here in the test's process, as predict runs, so that TensorFlow is imported once.
 
 Set BRAINTUMOR_SCREENSHOT=PATH to keep the screenshot, and BRAINTUMOR_SCREENSHOT_RUN=RUN_DIR to serve a run of
 your own with the same classes (the README's docs/serve.png: the quickstart run).
@@ -10,10 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,9 +32,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from braintumor.cli import main  # noqa: E402
+
 UNLIKE_TRAINING = "does not look like the brain MRI slices"  # the demo's warning (apps/serve.py)
-ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def _free_port() -> int:
@@ -46,38 +43,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_up(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"braintumor serve exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"braintumor serve did not answer at {url} within {seconds} s")
-
-
 @pytest.fixture
 def demo_run(trained_run) -> Path:
     return Path(os.environ.get("BRAINTUMOR_SCREENSHOT_RUN") or trained_run)
 
 
 @pytest.fixture
-def served(demo_run, tmp_path):
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "braintumor.cli", "serve", "--run", str(demo_run),
-                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=ENV)
-    try:
-        _wait_until_up(f"http://127.0.0.1:{port}/", server)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+def served(demo_run):
+    from braintumor.apps.serve import start
+
+    demo = start(demo_run, "127.0.0.1", _free_port())  # returns once the page answers
+    yield demo.local_url
+    demo.close()
 
 
 @pytest.fixture
@@ -111,18 +88,19 @@ def _error_toast(driver, contains: str) -> str:
     return " ".join(toast.text for toast in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]"))
 
 
-def _predict_json(run: Path, image: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "braintumor.cli", "predict", "--run", str(run), str(image), "--json"],
-                          capture_output=True, text=True, env=ENV, check=True)
-    return json.loads(done.stdout)[0]
+def _predict_json(run: Path, image: Path, capsys) -> dict:
+    capsys.readouterr()  # the in-process server's own messages so far are not predict's answer
+    assert main(["predict", "--run", str(run), str(image), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)[0]
 
 
-def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, synth_root, served, browser, tmp_path):
+def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, synth_root, served, browser, tmp_path,
+                                                                   capsys):
     from braintumor.apps.serve import example_files
     from braintumor.core.run import Run
 
     scan = synth_root / "Testing" / "pituitary_tumor" / "synth_0002.jpg"
-    expected = _predict_json(demo_run, scan)
+    expected = _predict_json(demo_run, scan, capsys)
     browser.get(served)
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
     assert "not a diagnosis" in browser.find_element(By.TAG_NAME, "body").text
@@ -144,20 +122,21 @@ def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, syn
 
     _clear(browser)
     other = synth_root / "Testing" / "glioma_tumor" / "synth_0001.jpg"
+    expected = _predict_json(demo_run, other, capsys)  # each before its upload: the server logs to the same stdout
     _upload(browser, other)
-    assert f"Predicted {_predict_json(demo_run, other)['predicted']}" in _status(browser, "Predicted")
+    assert f"Predicted {expected['predicted']}" in _status(browser, "Predicted")
 
     _clear(browser)  # a photograph: the run's out-of-distribution detector flags it, as predict does
     photo = tmp_path / "china.jpg"
     Image.fromarray(load_sample_images().images[0]).save(photo)
-    assert _predict_json(demo_run, photo)["in_distribution"] is False
+    assert _predict_json(demo_run, photo, capsys)["in_distribution"] is False
     _upload(browser, photo)
     assert "Predicted" not in _status(browser, UNLIKE_TRAINING)
 
     _clear(browser)  # a DICOM file, with the [medical] extra (in dev): a class, or the warning where predict flags it
     dicom = Path(pytest.importorskip("pydicom.data").get_testdata_file("MR_small.dcm", download=False))
+    answer = _predict_json(demo_run, dicom, capsys)
     _upload(browser, dicom)
-    answer = _predict_json(demo_run, dicom)
     if answer["in_distribution"]:
         assert f"Predicted {answer['predicted']}" in _status(browser, "Predicted")
     else:  # the demo run learnt synthetic images only
@@ -165,5 +144,6 @@ def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, syn
 
     _clear(browser)  # an example is served although its folder is not (tests/test_serve.py)
     example = example_files(Run(demo_run))[-1]
+    expected = _predict_json(demo_run, example, capsys)
     browser.find_element(By.XPATH, f"//*[normalize-space(text())='{example.parent.name}/{example.name}']").click()
-    assert f"Predicted {_predict_json(demo_run, example)['predicted']}" in _status(browser, "Predicted")
+    assert f"Predicted {expected['predicted']}" in _status(browser, "Predicted")

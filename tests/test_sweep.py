@@ -138,7 +138,7 @@ def test_a_manifest_folder_outside_the_sweep_is_refused(write_config, tmp_path, 
 
 @pytest.mark.slow
 def test_local_sweep_runs_in_parallel_and_compare_pools_the_seeds(write_config, tmp_path):
-    config = write_config("tiny")
+    config = write_config("tiny", train={"tensorboard": False})  # its logs cost each run 4 s CPU; none is read here
     assert main(["sweep", str(config), "--seeds", "0,1", "--jobs", "2"]) == 0
     sweep_dir = only_sweep(tmp_path / "outputs")
     assert set(run_states(sweep_dir).values()) == {"completed"}
