@@ -191,7 +191,8 @@ def _unsafe_checkpoint(path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_damaged_or_unsafe_checkpoint_is_one_line_exit_2(write_config, tmp_path, capsys):
-    process = _train(str(write_config("killed", train={"epochs": 3, "early_stopping_patience": 0})))
+    # two epochs: after the first, the second and the reports leave seconds for the kill to land before completion
+    process = _train(str(write_config("killed", train={"epochs": 2, "early_stopping_patience": 0})))
     run_dir = _wait(lambda: _run_dir(tmp_path / "outputs"), process)
     _wait(lambda: _epochs_done(run_dir) >= 1, process)
     process.send_signal(signal.SIGKILL)

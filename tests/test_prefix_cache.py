@@ -24,8 +24,9 @@ from braintumor.core.config import Config, parse_config
 from braintumor.core.logs import setup_console
 from braintumor.core.run import CHECKPOINTS, Run
 from braintumor.data.dataset import load_dataset
+from braintumor.data.synth import make_dataset
 from braintumor.engine import prefix_cache
-from braintumor.engine.train import resume, run
+from braintumor.engine.train import _prepare, resume, run
 from braintumor.models.build import build_model
 from braintumor.models.saved import load_run_model
 from braintumor.results.reports import read_predictions
@@ -34,13 +35,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _settings(root: Path, base: Path, mode: str, **train) -> dict:
-    """VGG16 (random init) at 32 px, offline augmentation on, float32."""
+    """VGG16 (random init) at 32 px, offline augmentation on, float32. Two epochs: a history and a best epoch to
+    compare, and fine-tuning's Adam steps on a random VGG16's tiny gradients magnify float32 sums taken in another
+    order (2.3e-4 in a probability after three epochs, against 1e-4 after two)."""
     return {
         "name": mode, "seed": 0,
         "data": {"root": str(root), "image_size": 32, "val_fraction": 0.25, "cache_dir": str(base / "cache")},
         "augmentation": {"enabled": True, "mode": "offline"},
         "model": {"backbone": "vgg16", "weights": "none", "mode": mode},
-        "train": {"epochs": 3, "batch_size": 8, "precision": "float32", "early_stopping_patience": 0, **train},
+        "train": {"epochs": 2, "batch_size": 8, "precision": "float32", "early_stopping_patience": 0, **train},
         "output": {"dir": str(base / "outputs")},
     }
 
@@ -85,27 +88,32 @@ def _assert_same_results(one: Path, other: Path, atol: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, synth_root) -> dict:
+def root(tmp_path_factory) -> Path:
+    """Half the shared synthetic set (8 training and 3 test images per class): each VGG16 run here costs its
+    forward and backward passes per image, and no assertion needs more images."""
+    return make_dataset(tmp_path_factory.mktemp("data") / "synth", train_per_class=8, test_per_class=3, size=96,
+                        seed=0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, root) -> dict:
     """Feature extraction and fine-tuning, each naive and then cached; feature extraction cached once more (hit)."""
     base = tmp_path_factory.mktemp("prefix")
     result = {"base": base}
-    result["naive"], result["naive_log"] = _run(_config(synth_root, base, prefix_cache=False))
-    result["cached"], result["cached_log"] = _run(_config(synth_root, base))
+    result["naive"], result["naive_log"] = _run(_config(root, base, prefix_cache=False))
+    result["cached"], result["cached_log"] = _run(_config(root, base))
     result["files_after_first"] = _cache_files(base)
-    result["again"], result["again_log"] = _run(_config(synth_root, base))
+    result["again"], result["again_log"] = _run(_config(root, base))
     result["files_after_again"] = _cache_files(base)
-    # two epochs: Adam's steps on a random VGG16's tiny gradients magnify float32 sums taken in another order
-    # (2.3e-4 in a probability after three epochs, against 1e-4 here)
-    result["tune_naive"], result["tune_naive_log"] = _run(_config(synth_root, base, "fine-tune", epochs=2,
-                                                                  prefix_cache=False))
-    result["tune_cached"], result["tune_cached_log"] = _run(_config(synth_root, base, "fine-tune", epochs=2))
+    result["tune_naive"], result["tune_naive_log"] = _run(_config(root, base, "fine-tune", prefix_cache=False))
+    result["tune_cached"], result["tune_cached_log"] = _run(_config(root, base, "fine-tune"))
     return result
 
 
 def test_fine_tune_on_the_cached_prefix_equals_the_naive_fine_tune(runs):
     assert "prefix cache: off (train.prefix_cache is false)" in runs["tune_naive_log"]
     assert "prefix cache: on at vgg16/block4_pool" in runs["tune_cached_log"]
-    assert "prefix cache: miss for the 96 training images" in runs["tune_cached_log"]  # 48 + 48 augmented copies
+    assert "prefix cache: miss for the 48 training images" in runs["tune_cached_log"]  # 24 + 24 augmented copies
     _assert_same_results(runs["tune_cached"], runs["tune_naive"], atol=1e-4)
     env = json.loads((runs["tune_cached"] / "env.json").read_text())
     assert env["prefix_cache"].startswith("on at vgg16/block4_pool")
@@ -122,7 +130,7 @@ def test_fine_tune_on_the_cached_prefix_equals_the_naive_fine_tune(runs):
 def test_feature_extraction_is_the_special_case_cut_after_pooling(runs):
     assert "prefix cache: off (train.prefix_cache is false)" in runs["naive_log"]
     assert "prefix cache: on: the frozen backbone runs once" in runs["cached_log"]
-    assert "prefix cache: miss for the 16 validation images" in runs["cached_log"]
+    assert "prefix cache: miss for the 8 validation images" in runs["cached_log"]
     _assert_same_results(runs["cached"], runs["naive"], atol=1e-4)
 
 
@@ -133,12 +141,18 @@ def test_second_run_hits_the_cache_without_running_the_prefix(runs):
     _assert_same_results(runs["again"], runs["cached"], atol=1e-6)
 
 
-def test_changed_offline_augmentation_misses_for_training_only(runs, synth_root):
-    cfg = _config(synth_root, runs["base"], epochs=1)
+def test_changed_offline_augmentation_misses_for_training_only(runs, root):
+    """What a run prepares and feeds fit, without fitting: the cache lookups are all that differs here."""
+    cfg = _config(root, runs["base"])
     cfg.augmentation.brightness = [0.9, 1.5]
-    _, log = _run(cfg)
-    assert "prefix cache: miss for the 96 training images" in log
-    assert "prefix cache: hit for the 16 validation images" in log
+    with _messages() as out:
+        prepared = _prepare(cfg)
+        where = prefix_cache.cut_model(cfg, prepared.model)
+        prefix_cache.fit_inputs(cfg, where, prepared.images, prepared.labels, prepared.data.val.images,
+                                prepared.data.val.labels, epochs=range(cfg.train.epochs))
+    log = out.getvalue()
+    assert "prefix cache: miss for the 48 training images" in log
+    assert "prefix cache: hit for the 8 validation images" in log
 
 
 def test_every_cache_file_is_written_the_one_checksummed_way(runs):
@@ -153,23 +167,23 @@ def test_every_cache_file_is_written_the_one_checksummed_way(runs):
     assert not list(folder.glob(".*"))
 
 
-def test_an_unwritable_cache_folder_warns_once_and_trains_the_same_without_caching(runs, synth_root, tmp_path):
+def test_an_unwritable_cache_folder_warns_once_and_trains_the_same_without_caching(runs, root, tmp_path):
     """A file in the way of data.cache_dir: the decoded images and the prefix outputs stay in memory."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    cfg = _config(synth_root, runs["base"])
+    cfg = _config(root, runs["base"])
     cfg.data.cache_dir = str(blocker / "cache")
     run_dir, log = _run(cfg)
     assert log.count("cannot write the cache") == 1 and "continuing without caching" in log
     assert "prefix cache: on: the frozen backbone runs once" in log
-    assert "prefix cache: miss for the 96 training images" in log and "prefix cache: hit" not in log
+    assert "prefix cache: miss for the 48 training images" in log and "prefix cache: hit" not in log
     _assert_same_results(run_dir, runs["cached"], atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip a byte", "garbage", "no sidecar", "sidecar only"])
-def test_damaged_cache_file_is_reported_deleted_and_rebuilt(runs, synth_root, tmp_path, damage):
-    cfg = _config(synth_root, runs["base"])
+def test_damaged_cache_file_is_reported_deleted_and_rebuilt(runs, root, tmp_path, damage):
+    cfg = _config(root, runs["base"])
     cfg.data.cache_dir = str(tmp_path / "cache")
     model = build_model(cfg.model, 32, 4)
     where = prefix_cache.cut_model(cfg, model)
@@ -205,8 +219,8 @@ def test_damaged_cache_file_is_reported_deleted_and_rebuilt(runs, synth_root, tm
     assert "prefix cache: hit" in out.getvalue()
 
 
-def test_mixed_bfloat16_outputs_are_cached_in_bfloat16(synth_root, tmp_path):
-    cfg = _config(synth_root, tmp_path, "fine-tune")
+def test_mixed_bfloat16_outputs_are_cached_in_bfloat16(root, tmp_path):
+    cfg = _config(root, tmp_path, "fine-tune")
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
         where = prefix_cache.cut_model(cfg, build_model(cfg.model, 32, 4))
@@ -222,8 +236,8 @@ def test_mixed_bfloat16_outputs_are_cached_in_bfloat16(synth_root, tmp_path):
     np.testing.assert_array_equal(np.asarray(cached).astype(np.float32), np.asarray(direct).astype(np.float32))
 
 
-def test_online_augmentation_full_mode_and_the_switch_turn_the_cache_off(synth_root, tmp_path):
-    cfg = _config(synth_root, tmp_path, "fine-tune")
+def test_online_augmentation_full_mode_and_the_switch_turn_the_cache_off(root, tmp_path):
+    cfg = _config(root, tmp_path, "fine-tune")
     assert prefix_cache.applies(cfg)
     cfg.augmentation.mode = "online"
     assert not prefix_cache.applies(cfg)
@@ -236,8 +250,8 @@ def test_online_augmentation_full_mode_and_the_switch_turn_the_cache_off(synth_r
 @pytest.mark.slow
 @pytest.mark.parametrize(("backbone", "size", "boundary"), [
     ("vgg16", 32, "block4_pool"), ("resnet50", 32, "conv4_block6_out"), ("inceptionv3", 75, "mixed8")])
-def test_prefix_then_suffix_equals_the_whole_model(synth_root, tmp_path, backbone, size, boundary):
-    cfg = _config(synth_root, tmp_path, "fine-tune")
+def test_prefix_then_suffix_equals_the_whole_model(root, tmp_path, backbone, size, boundary):
+    cfg = _config(root, tmp_path, "fine-tune")
     cfg.model.backbone = backbone
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model, size, 4)
@@ -262,10 +276,10 @@ def test_prefix_then_suffix_equals_the_whole_model(synth_root, tmp_path, backbon
 
 @pytest.mark.slow
 @pytest.mark.extended
-def test_killed_cached_fine_tune_resumes_from_its_last_epoch(synth_root, tmp_path):
+def test_killed_cached_fine_tune_resumes_from_its_last_epoch(root, tmp_path):
     """A real kill (SIGKILL) after the first epoch's checkpoint; resume continues from there, on the cache."""
     epochs = 12
-    settings = _settings(synth_root, tmp_path, "fine-tune", epochs=epochs)
+    settings = _settings(root, tmp_path, "fine-tune", epochs=epochs)
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump(settings))
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -289,7 +303,7 @@ def test_killed_cached_fine_tune_resumes_from_its_last_epoch(synth_root, tmp_pat
         resume(run_dir)
     log = out.getvalue()
     assert f"resuming {run_dir} after epoch {done} of {epochs}" in log
-    assert "prefix cache: hit for the 96 training images" in log and "prefix cache: miss" not in log
+    assert "prefix cache: hit for the 48 training images" in log and "prefix cache: miss" not in log
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
     history = (run_dir / "history.csv").read_text().splitlines()
     assert history[:1 + done] == before and len(history) == 1 + epochs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from braintumor.cli import main
-from braintumor.core.config import AugmentationConfig, TrainConfig
+from braintumor.core.config import AugmentationConfig, TrainConfig, load_config, save_config
 from braintumor.data.augment import augment_batch
 from braintumor.engine import optim
 
@@ -70,12 +71,6 @@ def test_label_smoothing_spreads_the_targets():
     expected = -np.sum(((1 - 0.2) * targets + 0.2 / 4) * np.log(probs), axis=1).mean()
     assert float(optim.loss(cfg)(targets, probs)) == pytest.approx(expected, rel=1e-5)
     np.testing.assert_array_equal(optim.targets(TrainConfig(), np.array([0, 2]), 4), [0, 2])
-
-
-def test_a_run_with_the_whole_recipe_completes(write_config, tmp_path):
-    rows = _history(write_config, tmp_path, schedule="cosine", warmup_epochs=1, weight_decay=1e-4,
-                    label_smoothing=0.1)
-    assert len(rows) == 4 and all(np.isfinite(float(row["val_loss"])) for row in rows)
 
 
 # ---------------------------------------------------------------- augmentation extras
@@ -178,12 +173,11 @@ def test_bad_model_values_name_the_key(write_config, capsys, sections, key):
 
 # ---------------------------------------------------------------- seed ensembles
 
-def test_ensemble_averages_the_runs_probabilities(write_config, tmp_path, capsys):
+def test_ensemble_averages_the_runs_probabilities(trained_run, write_config, tmp_path, capsys):
     from braintumor.results.reports import read_predictions
 
-    for seed in (0, 1):
-        assert main(["train", str(write_config(f"seed{seed}", seed=seed))]) == 0
-    runs = sorted((tmp_path / "outputs").iterdir())
+    assert main(["train", str(write_config("seed1", seed=1))]) == 0  # the shared run has seed 0
+    runs = [trained_run, *(tmp_path / "outputs").iterdir()]
     out = tmp_path / "ensemble"
     assert main(["evaluate", "--ensemble", *map(str, runs), "--out", str(out)]) == 0
     files, _, probs, _ = read_predictions(out / "predictions.csv")
@@ -194,13 +188,16 @@ def test_ensemble_averages_the_runs_probabilities(write_config, tmp_path, capsys
     assert metrics["ensemble"] == [str(run) for run in runs] and "leak_free" in metrics
 
 
-def test_ensemble_refuses_runs_with_another_image_pipeline(write_config, tmp_path, capsys):
-    assert main(["train", str(write_config("small"))]) == 0
-    assert main(["train", str(write_config("large", data={"image_size": 40}))]) == 0
-    runs = sorted((tmp_path / "outputs").iterdir())
-    assert main(["evaluate", "--ensemble", *map(str, runs)]) == 2
+def test_ensemble_refuses_runs_with_another_image_pipeline(trained_run, tmp_path, capsys):
+    # the check reads the runs' configs before any model is loaded, so a copy of the shared run whose config says
+    # 40 px stands for a run trained at 40 px; first, so that a default output folder would land in tmp_path
+    large = shutil.copytree(trained_run, tmp_path / "outputs" / "large")
+    cfg = load_config(large / "config.yaml")
+    cfg.data.image_size = 40
+    save_config(cfg, large / "config.yaml")
+    assert main(["evaluate", "--ensemble", str(large), str(trained_run)]) == 2
     assert "image pipeline" in capsys.readouterr().err
-    assert not any(p.name.startswith("ensemble") for p in (tmp_path / "outputs").iterdir())
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["large"]
 
 
 # ---------------------------------------------------------------- precise BatchNorm
@@ -235,8 +232,10 @@ def test_precise_bn_sets_moving_statistics_to_the_mean_of_clean_batch_statistics
             np.testing.assert_array_equal(before, after)
 
 
-def test_a_run_with_precise_bn_trains_and_matches_its_validation_when_evaluated(write_config, tmp_path):
-    rows = _history(write_config, tmp_path, precise_bn=True)
+def test_a_run_with_the_whole_recipe_completes_and_matches_its_validation_when_evaluated(write_config, tmp_path):
+    """configs/scratch.yaml's recipe, precise BatchNorm included, in one run."""
+    rows = _history(write_config, tmp_path, schedule="cosine", warmup_epochs=1, weight_decay=1e-4,
+                    label_smoothing=0.1, precise_bn=True)
     assert len(rows) == 4 and all(np.isfinite(float(row["val_loss"])) for row in rows)
     (run,) = (tmp_path / "outputs").iterdir()
     best = json.loads((run / "metrics.json").read_text())["best_epoch"]
