@@ -151,8 +151,9 @@ def _answers(url: str) -> bool:
 
 @pytest.mark.slow
 def test_no_command_prints_tensorflow_start_up_lines(tmp_path, synth_root, trained_run):
-    """Each command that loads TensorFlow, in a fresh process: no oneDNN, CUDA stub or cuInit line on stderr.
-    (`train` is test_quickstart_prints_no_tensorflow_line_before_ours.) The processes run side by side."""
+    """Each command that loads TensorFlow, in a fresh process: no oneDNN, CUDA stub or cuInit line on stderr,
+    and evaluate loads the saved model there and writes its log. (`train` is
+    test_quickstart_prints_no_tensorflow_line_before_ours.) The processes run side by side."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "seed": 0, "data": {"root": str(synth_root), "image_size": 32, "val_fraction": 0.25,
@@ -184,6 +185,8 @@ def test_no_command_prints_tensorflow_start_up_lines(tmp_path, synth_root, train
     finally:
         serve.terminate()
         serve.wait(timeout=60)
+    assert "Testing: accuracy" in (tmp_path / "eval" / "eval.log").read_text()
+    assert (tmp_path / "eval" / "metrics.json").is_file()
     for name in ["serve", *others]:
         chatter = [line for line in (tmp_path / f"{name}.err").read_text().splitlines() if CHATTER.match(line)]
         assert not chatter, f"{name}: {chatter}"

@@ -55,13 +55,6 @@ def test_train_log_keeps_what_the_console_showed_and_tensorboard_has_the_run(tra
     assert events == {"train", "validation", "test"}  # scalars per epoch; the confusion matrix under test
 
 
-def test_evaluate_in_a_fresh_process_loads_the_model_and_writes_eval_log(trained_run, tmp_path):
-    out = tmp_path / "eval"
-    subprocess.run([sys.executable, "-m", "braintumor.cli", "evaluate", "--run", str(trained_run), "--out", str(out)],
-                   check=True, capture_output=True)
-    assert "Testing: accuracy" in (out / "eval.log").read_text() and (out / "metrics.json").is_file()
-
-
 def test_tensorboard_can_be_turned_off_and_a_random_frozen_backbone_warns(write_config, tmp_path, caplog):
     from braintumor.core.config import load_config
     from braintumor.engine.train import _prepare
