@@ -146,6 +146,8 @@ def test_local_sweep_runs_in_parallel_and_compare_pools_the_seeds(write_config, 
     assert sorted(p.name for p in sweep_dir.glob("tiny-s*")) == [run.folder for run in sweep.read_manifest(sweep_dir)]
     env = json.loads((sweep_dir / "tiny-s0" / "env.json").read_text())
     assert env["devices"] and env["distribution"] == "none"
+    # train.tensorboard false: no TensorBoard folder, the log file still written
+    assert not list(sweep_dir.glob("tiny-s*/tensorboard")) and len(list(sweep_dir.glob("tiny-s*/train.log"))) == 2
     # a second pass finds everything done and trains nothing
     assert main(["sweep", "--resume", str(sweep_dir)]) == 0
     assert len(list(sweep_dir.glob("tiny-s*"))) == 2
