@@ -148,7 +148,7 @@ def test_second_run_hits_the_cache_without_running_the_prefix(runs, root):
     now = _cache_files(runs["base"])
     assert {name: now.get(name) for name in runs["files_after_first"]} == runs["files_after_first"]  # none rewritten
     for desc, images in inputs.items():
-        np.testing.assert_allclose(served[desc], where.prefix(images.astype(np.float32)), atol=1e-5)
+        np.testing.assert_allclose(served[desc], where.prefix([images.astype(np.float32)]), atol=1e-5)
 
 
 def test_changed_offline_augmentation_misses_for_training_only(runs, root):
