@@ -132,13 +132,18 @@ def test_feature_extraction_is_the_special_case_cut_after_pooling(runs):
     _assert_same_results(runs["cached"], runs["naive"], atol=1e-4)
 
 
+def _prepared_and_cut(cfg: Config):
+    """What a run prepares and where its fit model starts, without fitting."""
+    prepared = _prepare(cfg)
+    return prepared, prefix_cache.cut_model(cfg, prepared.model)
+
+
 def test_second_run_hits_the_cache_without_running_the_prefix(runs, root):
     """What a second run prepares and feeds fit, without fitting: both prefix outputs come from the cache, no file
     is rewritten, and what the cache serves is what the frozen prefix computes."""
     cfg = _config(root, runs["base"])
     with _messages() as out:
-        prepared = _prepare(cfg)
-        where = prefix_cache.cut_model(cfg, prepared.model)
+        prepared, where = _prepared_and_cut(cfg)
         inputs = {"training": prepared.images, "validation": prepared.data.val.images}  # as fit_inputs passes them
         served = {desc: prefix_cache.cached_outputs(where, images, Path(cfg.data.cache_dir), desc)
                   for desc, images in inputs.items()}
@@ -156,8 +161,7 @@ def test_changed_offline_augmentation_misses_for_training_only(runs, root):
     cfg = _config(root, runs["base"])
     cfg.augmentation.brightness = [0.9, 1.5]
     with _messages() as out:
-        prepared = _prepare(cfg)
-        where = prefix_cache.cut_model(cfg, prepared.model)
+        prepared, where = _prepared_and_cut(cfg)
         prefix_cache.fit_inputs(cfg, where, prepared.images, prepared.labels, prepared.data.val.images,
                                 prepared.data.val.labels, epochs=range(cfg.train.epochs))
     log = out.getvalue()
