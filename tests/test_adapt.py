@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from braintumor.cli import main
 from braintumor.core.run import Run
+from braintumor.engine.callbacks import batchnorm_layers
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -91,10 +93,11 @@ def test_frozen_batchnorm_layers_are_adapted_too_and_stay_frozen(trained_run, si
     model = keras.models.load_model(source / "model.keras", compile=False)
     model.get_layer("simple_cnn").trainable = False
     model.save(source / "model.keras")
-    new = tmp_path / "adapted"
-    assert main(["adapt", "--run", str(source), "--data", str(site), "--out", str(new)]) == 0
+    assert main(["adapt", "--run", str(source), "--data", str(site)]) == 0
+    (new,) = tmp_path.glob("frozen-adapted-*")  # the default: beside the source, named after it
+    assert re.fullmatch(r"frozen-adapted-\d{8}-\d{6}", new.name)
     adapted = keras.models.load_model(new / "model.keras", compile=False)
-    bn = [layer for layer in adapted.get_layer("simple_cnn").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bn = batchnorm_layers(adapted)
     assert bn and not any(layer.trainable for layer in bn)
     for layer in bn:
         old = model.get_layer("simple_cnn").get_layer(layer.name)
