@@ -31,7 +31,8 @@ def _python(code: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["validate", "configs/quickstart.yaml"],
-                                  ["validate", "study"], ["predict", "--help"], ["data", "audit", "--help"]])
+                                  ["validate", "study"], ["predict", "--help"], ["adapt", "--help"],
+                                  ["data", "audit", "--help"]])
 def test_help_and_validate_never_import_tensorflow(argv):
     code = ("import sys\nfrom braintumor.cli import main\n"
             "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"

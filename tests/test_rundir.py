@@ -80,6 +80,7 @@ COMMANDS = {  # each command that uses a trained run, as a user types it (PATH s
     "serve": ["serve", "--run", "PATH"],
     "evaluate": ["evaluate", "--run", "PATH"],
     "evaluate --ensemble": ["evaluate", "--ensemble", "PATH", "PATH"],
+    "adapt": ["adapt", "--run", "PATH", "--data", "site"],
 }
 
 

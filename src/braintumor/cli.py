@@ -16,6 +16,7 @@ from types import ModuleType
 
 from braintumor import __version__
 from braintumor.apps.commands import (
+    adapt,
     audit,
     calibrate,
     compare,
@@ -33,7 +34,7 @@ from braintumor.apps.commands import (
 from braintumor.core.errors import UserError
 from braintumor.core.logs import setup_console
 
-COMMANDS = (train, validate, evaluate, calibrate, compare, sweep, predict, export, serve)
+COMMANDS = (train, validate, evaluate, calibrate, adapt, compare, sweep, predict, export, serve)
 DATA_COMMANDS = (synth, audit, split, download)  # braintumor data <command>
 
 DESCRIPTION = """\

@@ -44,6 +44,8 @@ STATE = "state.json"
 # the temperature and the out-of-distribution detector (arrays); its checksummed sidecar calibration.json
 # (core/cache.py) also says what they are in words
 CALIBRATION = "calibration.npz"
+# adapted runs only (`braintumor adapt`): where their BatchNorm statistics came from, and what else was carried over
+ADAPTATION = "adaptation.json"
 EVAL = "eval"  # evaluations by `braintumor evaluate`: eval/<split>-<time>/
 LOCK = ".lock"  # pid and host of the process training the run; locked with flock while it runs
 RESERVE = ".space-reserve"  # released to write the status on a full disk
@@ -228,6 +230,20 @@ class Run(Reports):
     @property
     def calibration_summary(self) -> Path:
         return cache.sidecar(self.calibration)
+
+    @property
+    def adaptation(self) -> Path:
+        return self.path / ADAPTATION
+
+    def write_adaptation(self, provenance: dict) -> None:
+        write_json(self.adaptation, provenance)
+
+    def copy_training_record(self, source: Run) -> None:
+        """Copy what `source`'s training recorded and a model made from it shares (env.json, data.json, split.csv,
+        history.csv, those it has) into this (new) run."""
+        for name in (ENV, DATA, SPLIT, HISTORY):
+            if (source.path / name).is_file():
+                shutil.copyfile(source.path / name, self.path / name)
 
     def how_to_calibrate(self) -> str:
         return f"braintumor calibrate --run {self.path}"

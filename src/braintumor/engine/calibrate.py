@@ -20,6 +20,18 @@ from braintumor.results.calibration import Calibration
 log = logs.get_logger(__name__)
 
 
+def run_dataset(run: Run, command: str) -> Dataset:
+    """The train, validation and test parts `run` trained with, made again from its config (no synthetic data set is
+    made for it); one line for `command` if the images changed since."""
+    cfg = run.read_config()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, make_synthetic_if_missing=False))
+    data = load_dataset(cfg, run.classes())
+    if data.summary()["validation_files"] != run.validation_files():
+        raise UserError(f"the data under {cfg.data.root} changed since {run.path} was trained, so its validation "
+                        f"images cannot be found again; {command} needs the run's own data")
+    return data
+
+
 def fit_calibration(run: Run, model: keras.Model, data: Dataset) -> Calibration:
     """Fit on `data`'s training images (without augmented copies) and validation images; write calibration.npz."""
     scorer = Scorer(model, None)
@@ -38,12 +50,7 @@ def fit_calibration(run: Run, model: keras.Model, data: Dataset) -> Calibration:
 def calibrate_run(run: Run) -> Calibration:
     """`braintumor calibrate`: fit the run's calibration from its data again, and put ECE and NLL before and after
     on its test part (Testing under the official protocol) into its metrics.json."""
-    cfg, classes = run.read_config(), run.classes()
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, make_synthetic_if_missing=False))
-    data = load_dataset(cfg, classes)
-    if data.summary()["validation_files"] != run.validation_files():
-        raise UserError(f"the data under {cfg.data.root} changed since {run.path} was trained, so its validation "
-                        "images cannot be found again; calibrate needs the run's own data")
+    data = run_dataset(run, "calibrate")
     model = load_run_model(run)
     cal = fit_calibration(run, model, data)
     _, logits = Scorer(model, cal).features_and_logits(data.test.images)

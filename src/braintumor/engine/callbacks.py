@@ -14,7 +14,7 @@ import hashlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,33 +177,61 @@ def save_atomically(path: Path, save: Callable[[Path], object]) -> None:
             keras_tmp.unlink(missing_ok=True)
 
 
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of `model`, nested models' included."""
+    return [layer for layer in computing_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def shuffled_batches(images: np.ndarray, batch_size: int, seed: int, count: int) -> list[np.ndarray]:
+    """Up to `count` of `images`, drawn in a seeded order, in batches of `batch_size`: batches mix the images (a
+    folder sorted by class would otherwise give batches of one class, whose variances are too small)."""
+    pick = np.random.default_rng(seed).permutation(len(images))[:count]
+    return [images[np.sort(pick[start:start + batch_size])] for start in range(0, len(pick), batch_size)]
+
+
+def recompute_batchnorm(model: keras.Model, layers: list[keras.layers.BatchNormalization],
+                        batches: Iterable[np.ndarray]) -> int:
+    """Set the moving mean and variance of each of `layers` to the average of its batch statistics over `batches`
+    ("precise BN", Wu & Johnson 2021; AdaBN, Li et al. 2016, on another site's images); returns the batch count.
+
+    Keras' BatchNormalization uses and records batch statistics only when called with training=True *and*
+    trainable, so a frozen layer (a feature-extraction backbone's) is marked trainable while this runs; its
+    trainability and every layer's momentum are restored after. Nothing else of the model changes: no optimizer
+    step runs, and gamma and beta are only read.
+    """
+    saved = [(layer.momentum, layer.trainable) for layer in layers]
+    count = 0
+    try:
+        for layer in layers:
+            layer.trainable = True
+        for count, batch in enumerate(batches, start=1):
+            for layer in layers:  # a running mean of the batch statistics: batch k gets weight 1 / k
+                layer.momentum = (count - 1) / count
+            model(batch.astype(np.float32), training=True)
+    finally:
+        for layer, (momentum, trainable) in zip(layers, saved, strict=True):
+            layer.momentum, layer.trainable = momentum, trainable
+    return count
+
+
 class PreciseBatchNorm(keras.callbacks.Callback):
     """Before each validation, every learning BatchNorm layer's moving mean and variance become the average
-    of its batch statistics over un-augmented training images ("precise BN", Wu & Johnson 2021).
+    of its batch statistics over un-augmented training images (`recompute_batchnorm`).
 
     The moving averages otherwise mix statistics of weights from earlier steps (momentum 0.99: about the last
     100 batches) and of augmented images, which validation and Testing never see; with augmentation as strong
     as the from-scratch recipe's, validation accuracy then jumped between 0.45 and 0.92 from epoch to epoch
     (README). Training is unchanged: in training mode BatchNorm normalises with each batch's own statistics.
+    Frozen BatchNorm layers keep their statistics (ImageNet's, in a fine-tuned backbone).
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, seed: int, count: int = 512):
         super().__init__()
-        pick = np.random.default_rng(seed).permutation(len(images))[:count]
-        self.batches = [images[np.sort(pick[start:start + batch_size])] for start in range(0, len(pick), batch_size)]
+        self.batches = shuffled_batches(images, batch_size, seed, count)
 
     def on_test_begin(self, logs: dict | None = None) -> None:
-        layers = [layer for layer in computing_layers(self.model)
-                  if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
-        momenta = [layer.momentum for layer in layers]
-        try:
-            for index, batch in enumerate(self.batches):
-                for layer in layers:  # a running mean of the batch statistics: batch k gets weight 1 / k
-                    layer.momentum = index / (index + 1)
-                self.model(batch.astype(np.float32), training=True)
-        finally:
-            for layer, momentum in zip(layers, momenta, strict=True):
-                layer.momentum = momentum
+        recompute_batchnorm(self.model, [layer for layer in batchnorm_layers(self.model) if layer.trainable],
+                            self.batches)
 
 
 class EpochSeeds(keras.callbacks.Callback):

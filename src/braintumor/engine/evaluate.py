@@ -86,12 +86,17 @@ def _print_summary(split: str, metrics: dict, n: int) -> None:
 
 def report_training_run(run: Run, cfg: Config, data: Dataset, best_epoch: int | None,
                         train_seconds: float, out: Reports) -> dict:
-    """Test-part metrics (official protocol: also leak-free) and plots of a finished run, written into `out`."""
+    """Calibration, test-part metrics (official protocol: also leak-free) and plots of a finished run, into `out`."""
     model = load_run_model(run)
     scorer = Scorer(model, fit_calibration(run, model, data))
+    return report_run(run, cfg, data, scorer, {"best_epoch": best_epoch, "train_seconds": train_seconds}, out)
+
+
+def report_run(run: Run, cfg: Config, data: Dataset, scorer: Scorer, about: dict, out: Reports) -> dict:
+    """A run's own reports of `scorer` on its test part (official protocol: also leak-free), with `about` added to
+    metrics.json, and the curves of its history.csv, written into `out`."""
     protocol = data.protocol["name"]
-    about = {"split": "test" if protocol != "official" else cfg.data.test_dir, "protocol": protocol,
-             "best_epoch": best_epoch, "train_seconds": train_seconds}
+    about = {"split": "test" if protocol != "official" else cfg.data.test_dir, "protocol": protocol, **about}
     # the grouped protocols keep twins on one side, so their metrics are leak-free already
     metrics = _evaluate_split([scorer], data.test, data.classes, out.path, cfg.seed, about, cfg.data,
                               leak_free=protocol == "official")

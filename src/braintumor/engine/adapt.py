@@ -1,0 +1,151 @@
+"""`braintumor adapt`: a run's model with its BatchNorm statistics recomputed on unlabeled images of another site
+or scanner (AdaBN, Li et al. 2016), written as a new run; the source run is only read.
+
+Each BatchNorm layer's moving mean and variance become the average of its batch statistics over the new images
+(engine/callbacks.py `recompute_batchnorm`, the code of precise BN), every layer's, a frozen one's too: the shift
+between sites lives in the statistics of the whole network. Every other weight stays bit-identical.
+
+The new run is a complete run: the source's config (with its label marked, so `compare` does not pool the two as
+seeds of one configuration), its training record, the new model.keras, its own Testing reports, and
+adaptation.json, the provenance of its statistics. The source's calibration.npz is not carried: its temperature
+and out-of-distribution detector were fitted on the source model's features, which the new statistics change.
+The folder is built as a hidden sibling and renamed into place, config.yaml last of its files and status.json
+after the rename, so a kill never leaves a folder that any command takes for a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from braintumor.core import logs
+from braintumor.core.atomic import atomic_output
+from braintumor.core.cache import file_sha256
+from braintumor.core.errors import UserError, describe
+from braintumor.core.run import Run
+from braintumor.core.rundir import ensure_writable
+from braintumor.data.decode import decode_files
+from braintumor.data.files import READABLE, walk
+from braintumor.engine.calibrate import run_dataset
+from braintumor.engine.callbacks import batchnorm_layers, recompute_batchnorm, save_atomically, shuffled_batches
+from braintumor.engine.evaluate import report_run
+from braintumor.engine.scoring import Scorer
+from braintumor.models.saved import load_run_model
+
+log = logs.get_logger(__name__)
+
+
+def adaptation_images(folder: Path, max_images: int, seed: int) -> tuple[list[str], int]:
+    """The image files under `folder` (paths relative to it, sorted; class subfolders are just folders), at most
+    `max_images` of them drawn with `seed`; and how many there are in all."""
+    if not folder.is_dir():
+        raise UserError(f"--data {folder} is not a folder; pass a folder of images of the new site")
+    found = [path.relative_to(folder).as_posix() for path in walk(folder)[0]]
+    if not found:
+        raise UserError(f"--data {folder} holds no image files ({READABLE}); pass a folder of images of the new site")
+    if len(found) <= max_images:
+        return found, len(found)
+    rng = np.random.default_rng(seed)
+    return [found[i] for i in sorted(rng.permutation(len(found))[:max_images])], len(found)
+
+
+def images_sha256(folder: Path, files: list[str]) -> str:
+    """One SHA-256 over the sorted (relative path, file SHA-256) pairs: names the images, not only their content."""
+    digest = hashlib.sha256()
+    for relative in sorted(files):
+        digest.update(os.fsencode(relative) + f"\t{file_sha256(folder / relative)}\n".encode())
+    return digest.hexdigest()
+
+
+def check_destination(source: Run, out: Path | None) -> None:
+    """Refuse, before any work, an --out that exists or a folder the new run cannot be written in."""
+    if out is not None and out.exists():
+        raise UserError(f"--out {out} already exists; choose a new folder (a run is never overwritten)")
+    ensure_writable(source.path.parent if out is None else out.parent)
+
+
+def adapted_destination(source: Run, out: Path | None) -> Run:
+    """The new run's folder, created empty (to be replaced whole): `out`, or <source>-adapted-<time> beside the
+    source."""
+    if out is None:
+        return Run.new(source.path.parent, f"{source.path.name}-adapted")
+    out.mkdir()
+    return Run(out)
+
+
+def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = None) -> Path:
+    """Write the AdaBN-adapted copy of `source` (statistics from up to `max_images` images under `folder`); returns
+    the new run's folder."""
+    cfg = source.read_config()
+    files, found = adaptation_images(folder, max_images, cfg.seed)
+    check_destination(source, out)
+    about = {key: value for key, value in source.read_metrics().items() if key in ("best_epoch", "train_seconds")}
+    model = load_run_model(source)
+    layers = batchnorm_layers(model)
+    if not layers:
+        raise UserError(f"{source.path}'s model ({model.name}) has no BatchNormalization layer, and AdaBN only "
+                        "recomputes BatchNorm statistics; adapt a run of a backbone with BatchNorm (simple_cnn, "
+                        "resnet50, inceptionv3)")
+    data = run_dataset(source, "adapt")  # for the new run's own reports on its test part
+    decoding = dataclasses.replace(cfg.data, strict=False)  # an unreadable file is skipped and listed
+    images, skipped = decode_files(folder, files, decoding, "adaptation images")
+    if not len(images):
+        raise UserError(f"none of the {len(files)} image file(s) under --data {folder} could be read (e.g. "
+                        f"{skipped[0]['file']}: {skipped[0]['reason']}); pass a folder of readable images")
+    skipped_files = {item["file"] for item in skipped}
+    used = [file for file in files if file not in skipped_files]
+    batches = shuffled_batches(images, cfg.train.batch_size, cfg.seed, len(images))
+    recompute_batchnorm(model, layers, tqdm(batches, desc="BatchNorm statistics", unit="batch", leave=False))
+    label = f"{cfg.label or cfg.name} + AdaBN {folder.resolve().name}"
+    provenance = {
+        "method": "AdaBN: each BatchNorm layer's moving mean and variance are the average of its batch statistics "
+                  "over the images below (in batches of the run's train.batch_size, drawn in a seeded order); every "
+                  "other weight is the source's, bit for bit",
+        "source_run": str(source.path.resolve()),
+        "data": str(folder.resolve()),
+        "images": len(used),
+        "images_found": found,
+        "max_images": max_images,
+        "images_sha256": images_sha256(folder, used),
+        "images_sha256_of": "sorted lines '<path relative to data>\\t<file SHA-256>\\n'",
+        "skipped": skipped,
+        "batch_size": cfg.train.batch_size,
+        "batches": len(batches),
+        "seed": cfg.seed,
+        "batchnorm_layers": len(layers),
+        "label": label,
+        "calibration": "not carried over: the source's temperature and out-of-distribution detector were fitted on "
+                       "features that the new statistics change; this run's reports use uncalibrated probabilities. "
+                       "Fit one with braintumor calibrate --run NEW_RUN (on the source's training and validation "
+                       "images, seen through the new statistics)",
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }
+    dest = adapted_destination(source, out)
+    try:
+        with atomic_output(dest.path, folder=True) as staging:
+            staged = Run(staging)
+            staged.copy_training_record(source)
+            save_atomically(staged.model, model.save)
+            report_run(staged, cfg, data, Scorer(model, None), {**about, "adapted_from": str(source.path)},
+                       staged)
+            staged.write_adaptation(provenance)
+            staged.save_config(dataclasses.replace(cfg, label=label))  # last: a folder without it is no run
+    except BaseException as err:
+        dest.path.rmdir()
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write the adapted run {dest.path} ({describe(err)}); free space or choose "
+                            "another --out") from err
+        raise
+    dest.set_status("completed")
+    log.info(f"adapted {len(layers)} BatchNorm layer(s) of {source.path} on {len(used)} image(s) of {folder} "
+             f"({len(skipped)} unreadable skipped): wrote {dest.path}")
+    log.info(f"{dest.path} has no calibration (the source's was fitted on features the new statistics change): its "
+             f"probabilities are uncalibrated and it flags no image as unlike the training data; fit one with "
+             f"{dest.how_to_calibrate()}")
+    return dest.path
