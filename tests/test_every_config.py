@@ -1,5 +1,5 @@
 """Every file in configs/, as a user runs it, through every command: train → evaluate → predict with
-Grad-CAM → export (onnx, savedmodel, tflite) → the demo's classify; sweep listings through
+Grad-CAM → export (onnx, savedmodel, tflite) → the demo's classify → adapt; sweep listings through
 `sweep --dry-run` and `validate`.
 
 Each config runs at a tiny size (weights none, its backbone's smallest image size, one epoch after any
@@ -240,6 +240,25 @@ def test_demo_classify(trained, tiny_root):
         assert np.abs(np.array(list(probabilities.values())) - expected.probabilities[index]).max() < 1e-4
         picture = Image.open(picture) if isinstance(picture, str | Path) else picture  # a cached PNG's path
         assert max(probabilities, key=probabilities.get) in text and np.asarray(picture).ndim == 3
+
+
+def test_adapt(trained, tiny_root, capsys):
+    """AdaBN with the Testing images as the new site: a model with BatchNorm gets a new complete run with its own
+    reports; one without (VGG16) is refused in one line, exit 2, and nothing is written."""
+    run_dir = trained.completed()
+    _checked_with_the_same_graph("adapt", trained)
+    out = trained.work / "adapted"
+    rc = main(["adapt", "--run", str(run_dir), "--data", str(tiny_root / "Testing"), "--out", str(out)])
+    err = capsys.readouterr().err
+    if '"BatchNormalization"' not in _architecture(run_dir):
+        assert rc == 2 and "no BatchNormalization layer" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+        return
+    assert rc == 0, err.strip().splitlines()[-1:]
+    assert json.loads((out / "status.json").read_text())["state"] == "completed"
+    testing = list((tiny_root / "Testing").rglob("*.jpg"))
+    assert json.loads(Run(out).adaptation.read_text())["images"] == len(testing)
+    assert 0 <= json.loads((out / "metrics.json").read_text())["accuracy"] <= 1
 
 
 @pytest.mark.parametrize("listing", LISTINGS, ids=[p.stem for p in LISTINGS])
