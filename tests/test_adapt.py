@@ -6,6 +6,10 @@ import hashlib
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import keras
@@ -134,3 +138,24 @@ def test_a_model_without_batchnorm_is_refused(trained_run, synth_root, tmp_path,
     err = _one_line_error(capsys, ["adapt", "--run", str(source), "--data", str(synth_root)])
     assert "has no BatchNormalization layer, and AdaBN only recomputes BatchNorm statistics" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vgg"]
+
+
+@pytest.mark.slow
+def test_a_kill_before_the_last_file_leaves_no_run(trained_run, site, tmp_path):
+    """SIGKILL while the adapted run is being written (at its status, the last file): only a hidden sibling is
+    left, which no command takes for a run, and adapt to the same folder then works."""
+    out = tmp_path / "adapted"
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from braintumor.core.run import Run
+        from braintumor.engine.adapt import adapt_run
+        Run.set_status = lambda self, state, error=None: os.kill(os.getpid(), signal.SIGKILL)
+        adapt_run(Run(Path({str(trained_run)!r})), Path({str(site)!r}), 512, Path({str(out)!r}))
+        """)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (partial,) = tmp_path.glob(".adapted.partial-*")
+    assert (partial / "model.keras").is_file() and not (partial / "status.json").exists()
+    assert not out.exists()
+    assert main(["adapt", "--run", str(trained_run), "--data", str(site), "--out", str(out)]) == 0
+    assert Run.completed(out, "test").read_config().label.endswith(f"+ AdaBN {site.name}")

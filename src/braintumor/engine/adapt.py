@@ -9,8 +9,8 @@ The new run is a complete run: the source's config (with its label marked, so `c
 seeds of one configuration), its training record, the new model.keras, its own Testing reports, and
 adaptation.json, the provenance of its statistics. The source's calibration.npz is not carried: its temperature
 and out-of-distribution detector were fitted on the source model's features, which the new statistics change.
-The folder is built as a hidden sibling and renamed into place, config.yaml last of its files and status.json
-after the rename, so a kill never leaves a folder that any command takes for a run.
+The folder is built whole as a hidden sibling and renamed into place (core/rundir.py `staged_dir`), so a kill
+never leaves a folder named like a run.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from braintumor.core import logs
-from braintumor.core.atomic import atomic_output
 from braintumor.core.cache import file_sha256
 from braintumor.core.errors import UserError, describe
 from braintumor.core.run import Run
-from braintumor.core.rundir import ensure_writable
+from braintumor.core.rundir import ensure_writable, staged_dir, timestamp
 from braintumor.data.decode import decode_files
 from braintumor.data.files import READABLE, walk
 from braintumor.engine.calibrate import run_dataset
@@ -63,20 +62,14 @@ def images_sha256(folder: Path, files: list[str]) -> str:
     return digest.hexdigest()
 
 
-def check_destination(source: Run, out: Path | None) -> None:
-    """Refuse, before any work, an --out that exists or a folder the new run cannot be written in."""
-    if out is not None and out.exists():
-        raise UserError(f"--out {out} already exists; choose a new folder (a run is never overwritten)")
-    ensure_writable(source.path.parent if out is None else out.parent)
-
-
-def adapted_destination(source: Run, out: Path | None) -> Run:
-    """The new run's folder, created empty (to be replaced whole): `out`, or <source>-adapted-<time> beside the
-    source."""
-    if out is None:
-        return Run.new(source.path.parent, f"{source.path.name}-adapted")
-    out.mkdir()
-    return Run(out)
+def destination(source: Run, out: Path | None) -> Path:
+    """The new run's folder, checked before any work: `out`, or <source>-adapted-<time> beside the source; it must
+    not exist (a run is never overwritten) and its parent must be writable."""
+    dest = out if out is not None else source.path.parent / f"{source.path.name}-adapted-{timestamp()}"
+    if dest.exists():
+        raise UserError(f"{dest} already exists; choose a new folder with --out (a run is never overwritten)")
+    ensure_writable(dest.parent)
+    return dest
 
 
 def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = None) -> Path:
@@ -84,7 +77,7 @@ def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = Non
     the new run's folder."""
     cfg = source.read_config()
     files, found = adaptation_images(folder, max_images, cfg.seed)
-    check_destination(source, out)
+    dest = destination(source, out)
     about = {key: value for key, value in source.read_metrics().items() if key in ("best_epoch", "train_seconds")}
     model = load_run_model(source)
     layers = batchnorm_layers(model)
@@ -126,23 +119,20 @@ def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = Non
                        "images, seen through the new statistics)",
         "created": datetime.now().isoformat(timespec="seconds"),
     }
-    dest = adapted_destination(source, out)
     try:
-        with atomic_output(dest.path, folder=True) as staging:
+        with staged_dir(dest) as staging:  # a kill leaves only a hidden sibling, never a folder named like a run
             staged = Run(staging)
             staged.copy_training_record(source)
             save_atomically(staged.model, model.save)
             report_run(staged, cfg, data, Scorer(model, None), {**about, "adapted_from": str(source.path)},
                        staged)
             staged.write_adaptation(provenance)
-            staged.save_config(dataclasses.replace(cfg, label=label))  # last: a folder without it is no run
-    except BaseException as err:
-        dest.path.rmdir()
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write the adapted run {dest.path} ({describe(err)}); free space or choose "
-                            "another --out") from err
-        raise
-    dest.set_status("completed")
+            staged.save_config(dataclasses.replace(cfg, label=label))
+            staged.set_status("completed")
+    except OSError as err:
+        raise UserError(f"cannot write the adapted run {dest} ({describe(err)}); free space or choose "
+                        "another --out") from err
+    dest = Run(dest)
     log.info(f"adapted {len(layers)} BatchNorm layer(s) of {source.path} on {len(used)} image(s) of {folder} "
              f"({len(skipped)} unreadable skipped): wrote {dest.path}")
     log.info(f"{dest.path} has no calibration (the source's was fitted on features the new statistics change): its "
