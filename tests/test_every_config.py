@@ -155,7 +155,9 @@ def _run_export(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
     if fmt == "savedmodel":
         loaded = tf.saved_model.load(str(path))  # held: its functions reference its variables
         return loaded.serve(images).numpy()
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT, as on a device
+
+    interpreter = Interpreter(model_path=str(path))
     rows = []
     for image in images:  # the TFLite batch is fixed at 1
         interpreter.allocate_tensors()

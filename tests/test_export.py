@@ -19,6 +19,7 @@ import onnx
 import pytest
 import tensorflow as tf
 import yaml
+from ai_edge_litert.interpreter import Interpreter
 from conftest import REAL_DATA, needs_real_data
 
 from braintumor.apps import export
@@ -93,7 +94,7 @@ def test_two_formats_in_one_folder_keep_their_own_cards_and_match_model_keras(ru
     assert np.abs(probs.numpy() - expected).max() < 1e-4
     _assert_checked_on_testing(saved, 1e-4)
 
-    interpreter = tf.lite.Interpreter(model_path=str(out / "tflite" / "model.tflite"))
+    interpreter = Interpreter(model_path=str(out / "tflite" / "model.tflite"))  # LiteRT, as on a device
     interpreter.allocate_tensors()
     assert lite["input"]["tensor"]["shape"] == [1, 32, 32, 3] and "fixed at 1" in lite["batch"]
     probs = []
@@ -115,12 +116,14 @@ def test_without_the_run_data_the_card_says_the_export_is_unchecked(run_and_imag
     assert not check["checked"] and "gone not found" in check["reason"]
 
 
-def test_without_the_export_extra_a_one_line_error_names_it(run_and_images, monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize(("fmt", "module"), [("onnx", "tf2onnx"), ("tflite", "ai_edge_litert")])
+def test_without_the_export_extra_a_one_line_error_names_it(fmt, module, run_and_images, monkeypatch, capsys,
+                                                            tmp_path):
     run, _, _ = run_and_images
-    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # what Python does when a package is not installed
-    assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    monkeypatch.setitem(sys.modules, module, None)  # what Python does when a package is not installed
+    assert main(["export", "--run", str(run), "--format", fmt, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "pip install 'braintumor[export]'" in err
+    assert err.count("\n") == 0 and module in err and "pip install 'braintumor[export]'" in err
     assert not (tmp_path / "x").exists()
 
 

@@ -23,7 +23,6 @@ import dataclasses
 import importlib
 import importlib.util
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +64,7 @@ class Format:
 FORMATS = {
     "onnx": Format("onnx", "model.onnx", ("tf2onnx", "onnx", "onnxruntime"), "export"),
     "savedmodel": Format("tf_saved_model", "saved_model", (), None),
-    "tflite": Format("litert", "model.tflite", (), None),
+    "tflite": Format("litert", "model.tflite", ("ai_edge_litert",), "export"),
 }
 
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 images → probabilities, in the format's own runtime
@@ -125,11 +124,11 @@ def _open_savedmodel(path: Path) -> tuple[Runner, int, dict]:
 
 
 def _open_tflite(path: Path) -> tuple[Runner, int, dict]:
-    import tensorflow as tf
+    from importlib.metadata import version
 
-    with warnings.catch_warnings():  # its deprecation in favour of ai_edge_litert, which TensorFlow does not ship
-        warnings.simplefilter("ignore", UserWarning)
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT, the runtime of a .tflite on a device
+
+    interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
     (image,), (probs,) = interpreter.get_input_details(), interpreter.get_output_details()
 
@@ -138,12 +137,13 @@ def _open_tflite(path: Path) -> tuple[Runner, int, dict]:
                 "shape_signature": tensor["shape_signature"].tolist(), "dtype": np.dtype(tensor["dtype"]).name}
 
     interface = {
-        "runtime": f"TFLite interpreter of tensorflow {tf.__version__}",
+        "runtime": f"LiteRT (ai-edge-litert {version('ai-edge-litert')})",
         "input": details(image),
         "output": details(probs),
         "batch": f"fixed at {int(image['shape'][0])} once allocated: feed one image at a time, or call "
                  f"resize_tensor_input({int(image['index'])}, [N, size, size, 3]) and allocate_tensors() first",
-        "usage": f"interpreter = tf.lite.Interpreter(model_path='{path.name}'); interpreter.allocate_tensors(); "
+        "usage": "from ai_edge_litert.interpreter import Interpreter; "
+                 f"interpreter = Interpreter(model_path='{path.name}'); interpreter.allocate_tensors(); "
                  f"interpreter.set_tensor({int(image['index'])}, image[None]); interpreter.invoke(); "
                  f"interpreter.get_tensor({int(probs['index'])})",
     }
