@@ -60,7 +60,7 @@ class RunModel:
     def decode(self, path: Path) -> np.ndarray:
         return decode_image(path, self.image_size, self.preprocess)
 
-    def decode_scan(self, path: Path, slices: str = "middle") -> Decoded:
+    def decode_scan(self, path: Path, slices: str | int = "middle") -> Decoded:
         return decode_scan(path, self.image_size, self.preprocess, slices)
 
 
