@@ -4,6 +4,7 @@ output, and a clear reason where the extra braintumor[medical] is not installed.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import sys
@@ -26,6 +27,8 @@ MR_SMALL = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_sm
 NIBABEL_DATA = Path(nibabel.__file__).parent / "tests" / "data"
 ANATOMICAL = NIBABEL_DATA / "anatomical.nii"  # 33 x 41 x 25, no cal_min/cal_max
 EXAMPLE_4D = NIBABEL_DATA / "example4d.nii.gz"  # 128 x 96 x 24 x 2, cal_min/cal_max 0/1162
+NICOM_DATA = Path(nibabel.__file__).parent / "nicom" / "tests" / "data"  # nibabel's DICOM test files
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _dicom(name: str) -> Path:
@@ -70,7 +73,7 @@ def test_a_nifti_volume_gives_a_row_per_slice_and_a_summary_row(trained_run, cap
     assert [row["file"] for row in rows] == [f"{ANATOMICAL}#slice={n}" for n in range(25)] + [str(ANATOMICAL)]
     summary = rows[-1]
     assert summary["slices"] == 25 and summary["empty_slices"] == 0
-    assert summary["window"] == "percentile 0.5-99.5"
+    assert summary["window"] == "percentile 0.5-99.5" and summary["orientation"] == "axial"
     assert np.allclose(_probabilities(summary), np.mean([_probabilities(row) for row in rows[:-1]], axis=0))
     middle, _ = _predict(capsys, trained_run, str(ANATOMICAL), str(EXAMPLE_4D))  # --slices middle, the default
     assert [row["file"] for row in middle] == [f"{ANATOMICAL}#slice=12", str(ANATOMICAL),
@@ -118,6 +121,7 @@ def test_a_folder_of_dicom_files_and_a_folder_holding_one_series(trained_run, tm
     slices = medical.read_scan(series).slices  # in position order, not file-name order
     one = medical.read_scan(_dicom("MR_small.dcm")).slices[0]
     assert [np.array_equal(a, b) for a, b in zip(slices, (one, one[::-1], one[:, ::-1]), strict=True)] == [True] * 3
+    assert medical.read_scan(series).orientation == "axial"  # an axial series: reoriented, but nothing changes
     rows, _ = _predict(capsys, trained_run, str(series), "--slices", "all", "--gradcam", str(tmp_path / "cams"))
     assert [row["file"] for row in rows] == [f"{series}#slice={n}" for n in range(3)] + [str(series)]
     assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == [f"series.slice-{n}.png" for n in range(3)]
@@ -131,9 +135,65 @@ def test_a_multi_frame_dicom_is_a_volume(tmp_path):
     source.save_as(tmp_path / "frames.dcm")
     scan = medical.read_scan(tmp_path / "frames.dcm")
     assert scan.volume and scan.window == "voi 600/1600"
+    assert scan.orientation == medical.NO_GEOMETRY  # a legacy multi-frame file: one position for all its frames
     assert np.array_equal(scan.slices[1], medical.read_scan(_dicom("MR_small.dcm")).slices[0][::-1])
     decoded = decode_scan(tmp_path / "frames.dcm", 32, [], "all")
     assert [n for n, _ in decoded.images] == [0, 1, 2]
+
+
+@pytest.mark.filterwarnings("ignore:The DICOM readers are highly experimental")  # nibabel's, on import
+def test_a_sagittal_enhanced_multi_frame_dicom_is_cut_into_axial_slices(tmp_path):
+    """nibabel's Philips MPRAGE (enhanced MR, geometry in its functional groups): 176 sagittal frames of 256 x 256
+    whose rows run from the top of the head to the feet. nibabel's copy has blank pixels: they are filled with
+    noise, a bright top row in every frame and a bright frame at the patient's right."""
+    from nibabel.nicom import dicomwrappers
+
+    source = pydicom.dcmread(gzip.open(NICOM_DATA / "philips_mprage.dcm.gz"))
+    frames = np.random.default_rng(0).integers(0, 1000, (176, 256, 256), dtype=np.uint16)
+    frames[:, 0, :] = 4000  # row 0: the column direction points to the feet, so this is the top of the head
+    lps_x = [frame.PlanePositionSequence[0].ImagePositionPatient[0]
+             for frame in source.PerFrameFunctionalGroupsSequence]
+    frames[int(np.argmin(lps_x))] = 3000  # DICOM's x points to the patient's left: the lowest x is the right
+    source.PixelData = frames.tobytes()
+    source.save_as(tmp_path / "mprage.dcm")
+    scan = medical.read_scan(tmp_path / "mprage.dcm")
+    assert scan.orientation == "axial (reoriented from sagittal)"
+    assert scan.slices.shape == (256, 256, 176)  # a slice per row (head to foot), each anterior-posterior x right-left
+    assert (scan.slices == 255).all(axis=(1, 2)).tolist() == [False] * 255 + [True]  # the top of the head is last
+    assert (scan.slices[:, :, 0] == 255).all() and not (scan.slices[:, :, 1] == 255).all()  # the right, on the left
+    # the same volume as nibabel reads it (its DICOM affine turned to RAS), through the NIfTI path
+    wrapper = dicomwrappers.wrapper_from_data(pydicom.dcmread(tmp_path / "mprage.dcm"))
+    nibabel.save(nibabel.Nifti1Image(wrapper.get_unscaled_data(), LPS_TO_RAS @ wrapper.affine), tmp_path / "mprage.nii")
+    assert np.array_equal(medical.read_scan(tmp_path / "mprage.nii").slices, scan.slices)
+
+
+def test_a_sagittal_series_in_any_file_order_is_cut_into_axial_slices(tmp_path):
+    """nibabel's slicethickness_empty_string.dcm, a real oblique sagittal MR slice (rows run from head to foot), made
+    a series of 5 slices 2 mm apart along its normal, stored under file names in two orders."""
+    source = pydicom.dcmread(NICOM_DATA / "slicethickness_empty_string.dcm")
+    source.decompress()  # JPEG 2000 → raw pixels, so each slice can get its own
+    del source.WindowCenter, source.WindowWidth  # the percentile window, as the NIfTI copy below gets
+    orientation = np.array(source.ImageOrientationPatient, float)
+    normal, start = np.cross(orientation[:3], orientation[3:]), np.array(source.ImagePositionPatient, float)
+    slices = [np.roll(source.pixel_array, 40 * n, axis=1) for n in range(5)]
+    for folder, names in (("a", [0, 1, 2, 3, 4]), ("b", [3, 0, 4, 2, 1])):
+        (tmp_path / folder).mkdir()
+        for n, name in enumerate(names):
+            source.ImagePositionPatient = [float(v) for v in start + 2.0 * n * normal]
+            source.PixelData = slices[n].tobytes()
+            source.save_as(tmp_path / folder / f"file{name}.dcm")
+    scan = medical.read_scan(tmp_path / "a")
+    assert scan.orientation == "axial (reoriented from sagittal)"
+    assert scan.slices.shape == (384, 384, 5)  # a slice per row (head to foot), each anterior-posterior x 5 slices
+    assert np.array_equal(medical.read_scan(tmp_path / "b").slices, scan.slices)
+    # nibabel's canonical reorientation of the volume with its affine built by hand: array axes (row, column, slice)
+    # step along the column direction, the row direction and the normal (PixelSpacing is row, then column spacing)
+    affine = np.eye(4)
+    affine[:3, :3] = np.column_stack([orientation[3:] * float(source.PixelSpacing[0]),
+                                      orientation[:3] * float(source.PixelSpacing[1]), 2.0 * normal])
+    affine[:3, 3] = start
+    nibabel.save(nibabel.Nifti1Image(np.stack(slices, axis=-1), LPS_TO_RAS @ affine), tmp_path / "series.nii")
+    assert np.array_equal(medical.read_scan(tmp_path / "series.nii").slices, scan.slices)
 
 
 def test_sizes_are_bounded_before_the_pixels_are_read(monkeypatch):

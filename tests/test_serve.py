@@ -29,7 +29,7 @@ def run(trained_run):
 
 def test_a_scan_decodes_as_predict_does(run, synth_root):
     scan = synth_root / "Testing" / "glioma_tumor" / "synth_0000.jpg"
-    assert np.array_equal(read_upload(run, scan), run.decode(scan))
+    assert np.array_equal(read_upload(run, scan).images[0][1], run.decode(scan))
 
 
 @pytest.mark.parametrize("problem,message", [
@@ -112,9 +112,11 @@ def test_the_server_serves_its_examples_and_no_other_file_beside_them(server, tr
 
 def test_the_api_endpoint_and_its_outputs_have_names(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert list(endpoints) == ["/classify"]
+    assert list(endpoints) == ["/classify", "/classify_slice"]
     assert [p["parameter_name"] for p in endpoints["/classify"]["parameters"]] == ["scan"]
-    assert [r["label"] for r in endpoints["/classify"]["returns"]] == ["probabilities", "gradcam", "summary"]
+    assert [p["parameter_name"] for p in endpoints["/classify_slice"]["parameters"]] == ["scan", "slice_number"]
+    for endpoint in endpoints.values():
+        assert [r["label"] for r in endpoint["returns"]] == ["probabilities", "gradcam", "summary"]
 
 
 def test_a_non_image_is_an_api_error_and_no_reply_names_a_server_path(client, server, trained_run, synth_root,
@@ -211,3 +213,41 @@ def test_dicom_and_nifti_uploads_get_a_class_and_a_refused_scan_its_reason(clien
     ct = pydicom_data.get_testdata_file("CT_small.dcm", download=False)
     with pytest.raises(gradio_client.exceptions.AppError, match="Cannot use this file: modality CT, not MR"):
         client.predict(gradio_client.handle_file(ct), api_name="/classify")
+
+
+def test_a_volume_shows_its_middle_slice_and_the_slider_classifies_the_slice_it_picks(client, trained_run, synth_root,
+                                                                                     tmp_path, capsys):
+    """nibabel's anatomical.nii (25 slices; the shared run finds them all unlike its synthetic training images) and
+    a volume of three synthetic Testing images (which it classifies): each slice's answer is predict's row."""
+    nibabel = pytest.importorskip("nibabel", reason="needs braintumor[medical]")
+    from pathlib import Path
+
+    anatomical = Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"
+    testing = synth_root / "Testing"
+    gray = [np.asarray(Image.open(testing / name / "synth_0000.jpg").convert("L")).T[::-1, ::-1]  # as viewers show
+            for name in ("glioma_tumor", "meningioma_tumor", "pituitary_tumor")]
+    synthetic = tmp_path / "synthetic.nii.gz"
+    image = nibabel.Nifti1Image(np.stack(gray, axis=-1), np.eye(4))
+    image.header["cal_min"], image.header["cal_max"] = 0, 255  # the window that keeps the gray levels
+    nibabel.save(image, synthetic)
+    classified = 0
+    for volume, middle, other in ((anatomical, 12, 3), (synthetic, 1, 2)):
+        capsys.readouterr()
+        assert main(["predict", "--run", str(trained_run), str(volume), "--slices", "all", "--json"]) == 0
+        rows = {row["file"]: row for row in json.loads(capsys.readouterr().out)}
+        answers = {middle: client.predict(gradio_client.handle_file(str(volume)), api_name="/classify"),
+                   other: client.predict(gradio_client.handle_file(str(volume)), other, api_name="/classify_slice")}
+        for number, (probabilities, gradcam, summary) in answers.items():
+            row = rows[f"{volume}#slice={number}"]
+            assert summary.startswith(f"Slice {number}: ")
+            if not row["in_distribution"]:
+                assert not gradcam and "does not look like the brain MRI slices" in summary
+                continue
+            shown = {item["label"]: item["confidence"] for item in probabilities["confidences"]}
+            assert probabilities["label"] == row["predicted"] and gradcam
+            assert np.allclose([shown[name] for name in row["probabilities"]], list(row["probabilities"].values()),
+                               atol=1e-6)  # one image per call, a batch in predict: float noise
+            classified += 1
+    assert classified >= 1  # the comparison of probabilities was made
+    with pytest.raises(gradio_client.exceptions.AppError, match="no slice 25: the volume's slices are 0 to 24"):
+        client.predict(gradio_client.handle_file(str(anatomical)), 25, api_name="/classify_slice")

@@ -28,6 +28,7 @@ pytest.importorskip("gradio", reason="needs gradio (pip install 'braintumor[demo
 from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
@@ -80,6 +81,11 @@ def _clear(driver) -> None:
 def _status(driver, contains: str) -> str:
     WebDriverWait(driver, 60).until(lambda d: contains in d.find_element(By.ID, "status").text)
     return driver.find_element(By.ID, "status").text
+
+
+def _slider(driver) -> list:
+    """The volume slider's range input where it is shown."""
+    return [e for e in driver.find_elements(By.CSS_SELECTOR, "#slice input[type=range]") if e.is_displayed()]
 
 
 def _error_toast(driver, contains: str) -> str:
@@ -141,6 +147,19 @@ def test_demo_in_browser_matches_predict_and_survives_a_bad_upload(demo_run, syn
         assert f"Predicted {answer['predicted']}" in _status(browser, "Predicted")
     else:  # the demo run learnt synthetic images only
         _status(browser, UNLIKE_TRAINING)
+    assert not _slider(browser)  # one 2-D image: no slider
+
+    _clear(browser)  # a volume: its middle slice, and a slider over its slices; a click on it classifies another
+    volume = Path(pytest.importorskip("nibabel").__file__).parent / "tests" / "data" / "anatomical.nii"
+    _upload(browser, volume)
+    _status(browser, "Slice 12:")
+    WebDriverWait(browser, 30).until(_slider)
+    slider = _slider(browser)[0]
+    assert slider.get_attribute("value") == "12"
+    ActionChains(browser).move_to_element_with_offset(slider, -slider.size["width"] // 4, 0).click().perform()
+    picked = slider.get_attribute("value")
+    assert picked != "12"
+    _status(browser, f"Slice {picked}:")
 
     _clear(browser)  # an example is served although its folder is not (tests/test_serve.py)
     example = example_files(Run(demo_run))[-1]

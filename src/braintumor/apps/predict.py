@@ -60,7 +60,7 @@ class RunModel:
     def decode(self, path: Path) -> np.ndarray:
         return decode_image(path, self.image_size, self.preprocess)
 
-    def decode_scan(self, path: Path, slices: str = "middle") -> Decoded:
+    def decode_scan(self, path: Path, slices: str | int = "middle") -> Decoded:
         return decode_scan(path, self.image_size, self.preprocess, slices)
 
 
@@ -76,7 +76,8 @@ class Prediction:
     probabilities: np.ndarray  # in the run's class order, calibrated where the run is
     in_distribution: bool | None = None  # None: the run has no out-of-distribution detector
     ood_score: float | None = None  # higher is less like the training images
-    window: str | None = None  # a scan's window (data/medical.py), the only header-derived value shown
+    window: str | None = None  # a scan's window (data/medical.py); with the orientation, the only header-derived values
+    orientation: str | None = None  # how a volume was cut into slices (data/medical.py), e.g. "axial"
     slices: int | None = None  # a volume's summary row: the number of slices its probabilities are the mean of
     empty_slices: int | None = None  # and the near-empty slices left out
 
@@ -84,7 +85,8 @@ class Prediction:
         row = {"file": self.file, "predicted": classes[int(self.probabilities.argmax())],
                "probabilities": {name: float(p) for name, p in zip(classes, self.probabilities, strict=True)},
                "in_distribution": self.in_distribution, "ood_score": self.ood_score}
-        extra = {"window": self.window, "slices": self.slices, "empty_slices": self.empty_slices}
+        extra = {"window": self.window, "orientation": self.orientation, "slices": self.slices,
+                 "empty_slices": self.empty_slices}
         return row | {key: value for key, value in extra.items() if value is not None}
 
 
@@ -195,7 +197,7 @@ def _check_gradcam_dir(gradcam_dir: Path, paths: list[Path], files: list[Path], 
 
 def _rows(inputs: list[Input], scores: Scores) -> list[tuple[Input, Prediction]]:
     pairs = ood_pairs(len(inputs), scores.in_distribution, scores.ood_scores)
-    return [(item, Prediction(item.name, p, ok, score, item.decoded.window))
+    return [(item, Prediction(item.name, p, ok, score, item.decoded.window, item.decoded.orientation))
             for item, p, (ok, score) in zip(inputs, scores.probabilities, pairs, strict=True)]
 
 
@@ -214,7 +216,7 @@ def _with_summaries(results: list[tuple[Input, Prediction]]) -> list[Prediction]
                 str(item.path), np.mean([r.probabilities for r in volume], axis=0),
                 None if None in verdicts else sum(verdicts) * 2 > len(verdicts),
                 None if None in verdicts else float(np.median([r.ood_score for r in volume])),
-                item.decoded.window, len(volume), item.decoded.empty_slices))
+                item.decoded.window, item.decoded.orientation, len(volume), item.decoded.empty_slices))
             volume = []
     return rows
 
@@ -285,19 +287,21 @@ def _true_label(file: str, classes: list[str]) -> str:
 
 def write_predictions_csv(path: Path, predictions: list[Prediction], classes: list[str]) -> None:
     """predictions.csv's columns; `true` is the file's class folder where it is one of the classes. Where a
-    DICOM or NIfTI scan is among the files, a last column `window` says how each scan was windowed."""
+    DICOM or NIfTI scan is among the files, last columns `window` and `orientation` say how each scan was windowed
+    and how each volume was cut into slices."""
     windows = any(p.window is not None for p in predictions)
-    write_csv(path, [*prediction_header(classes), *(["window"] if windows else [])], (
+    write_csv(path, [*prediction_header(classes), *(["window", "orientation"] if windows else [])], (
         [p.file, _true_label(p.file, classes), classes[int(p.probabilities.argmax())], *p.probabilities.tolist(),
-         *ood_cells(p.in_distribution, p.ood_score), *([p.window or ""] if windows else [])]
+         *ood_cells(p.in_distribution, p.ood_score), *([p.window or "", p.orientation or ""] if windows else [])]
         for p in predictions))
 
 
 def _notes(p: Prediction) -> str:
-    """What a text line adds: the out-of-distribution mark; for a scan its window, and for a volume's summary what
-    it summarises."""
+    """What a text line adds: the out-of-distribution mark; for a scan its window, for a volume how it was cut, and
+    for a volume's summary what it summarises."""
     notes = [NOT_LIKE_TRAINING] if p.in_distribution is False else []
     notes += [f"window {p.window}"] if p.window else []
+    notes += [p.orientation] if p.orientation else []
     if p.slices is not None:
         notes.append(f"mean of {p.slices} slice(s)" + (f", {p.empty_slices} near-empty skipped" if p.empty_slices
                                                        else ""))

@@ -1,10 +1,10 @@
 """`braintumor serve`: the study's web demo (Gradio) for one trained run.
 
-Upload a scan (a photograph, or DICOM or NIfTI with braintumor[medical]; of a volume, its middle slice): the
-page shows the class probabilities (calibrated where the run is), the Grad-CAM overlay for the predicted class,
-and that this is a research tool, not a diagnosis; a scan that the run's out-of-distribution detector flags gets
-a warning instead of a class. The upload goes through the same decoding and
-model as `braintumor predict`, so the page and the command agree. A file that is not an image, is
+Upload a scan (a photograph, or DICOM or NIfTI with braintumor[medical]; of a volume, its middle slice first,
+and a slider to pick another): the page shows the class probabilities (calibrated where the run is), the
+Grad-CAM overlay for the predicted class, and that this is a research tool, not a diagnosis; a scan that the
+run's out-of-distribution detector flags gets a warning instead of a class. The upload goes through the same
+decoding and model as `braintumor predict`, so the page and the command agree. A file that is not an image, is
 truncated, or is too large is an error (a message in the page, an error for API clients); the server
 keeps serving. The server serves its example files and nothing else from the disk, and no message
 names a server path.
@@ -29,6 +29,7 @@ from braintumor.core.atomic import write_bytes
 from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
 from braintumor.core.run import Run
+from braintumor.data.decode import Decoded
 from braintumor.data.files import IMAGE_EXTENSIONS, SCAN_EXTENSIONS, is_scan, subfolders, walk
 from braintumor.data.medical import ScanRefused
 
@@ -44,14 +45,16 @@ NOT_LIKE_TRAINING = ("This image does not look like the brain MRI slices this mo
 PROMPT = "Upload a scan (JPEG, PNG, BMP, DICOM or NIfTI) or pick an example."
 UPLOAD_TYPES = [*sorted(IMAGE_EXTENSIONS), *SCAN_EXTENSIONS]
 API_NAME = "classify"  # the endpoint API clients call: gradio_client's predict(file, api_name="/classify")
+SLICE_API_NAME = "classify_slice"  # one slice of a volume: predict(file, n, api_name="/classify_slice")
 
 
 class UploadProblem(Exception):
     """An upload the demo cannot classify; its message is shown in the page."""
 
 
-def read_upload(run: RunModel, path: Path) -> np.ndarray:
-    """The uploaded file decoded as for prediction, or UploadProblem saying what is wrong with it."""
+def read_upload(run: RunModel, path: Path, slice_number: int | None = None) -> Decoded:
+    """The uploaded file decoded as for prediction (of a volume its middle slice, or slice `slice_number`), or
+    UploadProblem saying what is wrong with it."""
     size = path.stat().st_size
     if size > MAX_UPLOAD_BYTES:
         raise UploadProblem(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
@@ -66,7 +69,7 @@ def read_upload(run: RunModel, path: Path) -> np.ndarray:
             raise UploadProblem(f"the image is {width} × {height} pixels; the limit is {MAX_PIXELS // 10**6} "
                                 "megapixels")
     try:
-        return run.decode(path)
+        return run.decode_scan(path, "middle" if slice_number is None else slice_number)
     except ScanRefused as refused:  # the whole reason: "modality CT, not MR", "install braintumor[medical]"
         raise UploadProblem(_without_folder(refused, path)) from refused
     except Exception as err:  # noqa: BLE001  (truncated or corrupt image data)
@@ -113,32 +116,51 @@ def build_demo(source: Run, examples: list[Path]):
     run = load_run(source)
     cam = GradCam(run.model)
 
-    def classify(scan: str | None):
+    def classify(scan: str | None, slice_number: int | None = None):
+        """The answer for an upload (of a volume its middle slice, or slice `slice_number`): probabilities,
+        Grad-CAM picture, summary; and, for the slider, a volume's slices with signal and the one shown."""
         if not scan:
-            return None, None, PROMPT
+            return None, None, PROMPT, None
         try:
-            image = read_upload(run, Path(scan))
+            decoded = read_upload(run, Path(scan), slice_number)
         except UploadProblem as problem:
             log.info("rejected upload %s: %s", Path(scan).name, problem)
             raise gr.Error(f"Cannot use this file: {problem}.", print_exception=False) from None
+        number, image = decoded.images[0]
+        shown = (decoded.slices_with_signal, number) if decoded.volume else None
+        where = f"Slice {number}: " if decoded.volume else ""
         scores = run.scorer(image[None])
         probs = scores.probabilities[0]
         if scores.in_distribution is not None and not scores.in_distribution[0]:
             log.info("upload %s is unlike the training data (score %.2f)", Path(scan).name, scores.ood_scores[0])
-            return None, None, f"**{NOT_LIKE_TRAINING}** {DISCLAIMER}"
+            return None, None, f"{where}**{NOT_LIKE_TRAINING}** {DISCLAIMER}", shown
         heatmap, _ = cam(image[None], np.array([probs.argmax()]))
         top = int(probs.argmax())
-        shown = Image.fromarray(overlay(image, heatmap[0])).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.BILINEAR)
+        picture = Image.fromarray(overlay(image, heatmap[0])).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.BILINEAR)
         return ({name: float(p) for name, p in zip(run.classes, probs, strict=True)},
-                str(cache_png(np.asarray(shown), Path(heat.GRADIO_CACHE))),
-                f"Predicted **{run.classes[top]}** ({probs[top]:.1%}). {DISCLAIMER}")
+                str(cache_png(np.asarray(picture), Path(heat.GRADIO_CACHE))),
+                f"{where}Predicted **{run.classes[top]}** ({probs[top]:.1%}). {DISCLAIMER}", shown)
+
+    def classify_slice(scan: str | None, slice_number: float):
+        return classify(scan, int(slice_number))[:3]
+
+    def volume_slider(shown):
+        """The slider over a volume's slices with signal, at the slice shown; hidden for a 2-D image."""
+        if shown is None:
+            return gr.Slider(visible=False)
+        with_signal, number = shown
+        return gr.Slider(minimum=with_signal[0], maximum=with_signal[-1], value=number, step=1, visible=True,
+                         info=f"{len(with_signal)} slices with signal, from {with_signal[0]} to {with_signal[-1]}; "
+                              "near-empty ones are skipped")
 
     with gr.Blocks(title="braintumor demo", analytics_enabled=False) as demo:
         gr.Markdown(f"## Brain MRI tumour classification\nRun `{source.path.name}` ({run.backbone}, "
                     f"{run.image_size} px; classes: {', '.join(run.classes)}).\n\n**{DISCLAIMER}**")
+        volume = gr.State(None)  # of a volume upload: its slices with signal and the slice shown; None otherwise
         with gr.Row():
             with gr.Column():
                 upload = gr.File(label="MRI scan", file_types=UPLOAD_TYPES, type="filepath", elem_id="upload")
+                slider = gr.Slider(label="slice of the volume", step=1, visible=False, elem_id="slice")
                 if examples:
                     gr.Examples([[str(path)] for path in examples], inputs=[upload], label="Testing images of this run",
                                 example_labels=[f"{path.parent.name}/{path.name}" for path in examples])
@@ -147,7 +169,12 @@ def build_demo(source: Run, examples: list[Path]):
                 status = gr.Markdown(PROMPT, label="summary", elem_id="status")
                 label = gr.Label(label="probabilities", num_top_classes=len(run.classes), elem_id="probabilities")
                 heat = gr.Image(label="gradcam", type="filepath", elem_id="gradcam", interactive=False)
-        upload.change(classify, inputs=[upload], outputs=[label, heat, status], api_name=API_NAME)
+        # the slider hides first, so a refused upload after a volume does not leave the old volume's slider
+        upload.change(lambda: gr.Slider(visible=False), outputs=[slider], api_visibility="private").then(
+            classify, inputs=[upload], outputs=[label, heat, status, volume], api_name=API_NAME).success(
+            volume_slider, inputs=[volume], outputs=[slider], api_visibility="private")
+        slider.release(classify_slice, inputs=[upload, slider], outputs=[label, heat, status],
+                       api_name=SLICE_API_NAME)
     return demo
 
 

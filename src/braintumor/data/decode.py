@@ -36,8 +36,14 @@ class Decoded:
 
     images: list[tuple[int | None, np.ndarray]]
     window: str | None = None  # how a scan's values became gray levels (medical.py); None for a photograph
-    volume: bool = False  # a volume: its slices are listed, and a summary over them is due
-    empty_slices: int = 0  # slices of a volume skipped as near-empty (no brain)
+    orientation: str | None = None  # how a volume was cut into slices (medical.py); None for a 2-D image
+    empty_slices: int = 0  # of the slices asked for, those skipped as near-empty (no brain)
+    slices_with_signal: tuple[int, ...] = ()  # a volume's slices that are not near-empty: the ones it can give
+
+    @property
+    def volume(self) -> bool:
+        """A volume: its slices are listed, and a summary over them is due."""
+        return self.orientation is not None
 
 
 def _is_dicom(path: Path) -> bool:
@@ -49,25 +55,32 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
-def decode_scan(path: Path, size: int, preprocess: list[str], slices: str = "middle") -> Decoded:
+def decode_scan(path: Path, size: int, preprocess: list[str], slices: str | int = "middle") -> Decoded:
     """A photograph, a DICOM or NIfTI file, or a folder holding one DICOM series → the model's images.
 
-    Of a volume, `slices` "middle" gives its middle slice and "all" every slice; slices without signal
-    (`medical.has_signal`) are left out and counted. Raises an UNREADABLE error (medical.ScanRefused with
-    the whole reason for a refused scan)."""
+    Of a volume, `slices` "middle" gives its middle slice, "all" every slice and a number that slice; slices
+    without signal (`medical.has_signal`) are left out and counted. Raises an UNREADABLE error (medical.ScanRefused
+    with the whole reason for a refused scan, or a slice number outside the volume)."""
     path = Path(path)
     if not (path.is_dir() or is_scan(path) or _is_dicom(path)):
         return Decoded([(None, pixels.decode_image(path, size, preprocess))])
     scan = medical.read_scan(path)
     if not scan.volume:
         return Decoded([(None, pixels.prepare(scan.slices[0], size, preprocess))], scan.window)
-    chosen = [scan.middle] if slices == "middle" else range(len(scan.slices))
-    kept = [n for n in chosen if medical.has_signal(scan.slices[n])]
+    count = len(scan.slices)
+    if isinstance(slices, int):
+        if not 0 <= slices < count:
+            raise medical.ScanRefused(f"no slice {slices}: the volume's slices are 0 to {count - 1}")
+        chosen, which = [slices], f"slice {slices}"
+    else:
+        chosen, which = ([scan.middle], f"the middle slice (of {count})") if slices == "middle" else (
+            range(count), f"all {count} slices")
+    with_signal = tuple(n for n in range(count) if medical.has_signal(scan.slices[n]))
+    kept = [n for n in chosen if n in with_signal]
     if not kept:
-        which = f"the middle slice (of {len(scan.slices)})" if slices == "middle" else f"all {len(scan.slices)} slices"
         raise medical.ScanRefused(f"{which} near-empty (no brain) after windowing ({scan.window})")
-    return Decoded([(n, pixels.prepare(scan.slices[n], size, preprocess)) for n in kept], scan.window, True,
-                   len(chosen) - len(kept))
+    return Decoded([(n, pixels.prepare(scan.slices[n], size, preprocess)) for n in kept], scan.window,
+                   scan.orientation, len(chosen) - len(kept), with_signal)
 
 
 def decode_image(path: Path, size: int, preprocess: list[str]) -> np.ndarray:

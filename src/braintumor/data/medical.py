@@ -12,12 +12,15 @@ records which window it used):
 3. gray = round(255 × clip((value - low) / (high - low), 0, 1)); MONOCHROME1 (low values shown white) is
    inverted to 255 - gray.
 
-Slices: a 2-D DICOM is one image. A multi-frame DICOM gives its frames in stored order, and a folder holding
-one DICOM series its files ordered along the slice normal (ImagePositionPatient; InstanceNumber where
-positions are missing), as acquired, not resampled. A NIfTI volume is reoriented to the closest canonical (RAS+)
-orientation and cut into axial slices shown as viewers show them: anterior at the top, the patient's right on
-the left; of a 4-D NIfTI the first volume is used. Only DICOM of Modality MR is read; any other is refused with
-its modality, and no header value but the window ever leaves this module.
+Slices: a 2-D DICOM is one image. Every volume (a NIfTI file, of a 4-D one its first volume; an enhanced
+multi-frame DICOM; a folder holding one DICOM series, its files ordered along the slice normal) goes through
+`_axial`: reoriented to the closest canonical (RAS+) orientation, without resampling, and cut into axial slices
+shown as viewers show them: anterior at the top, the patient's right on the left. A DICOM volume's affine comes
+from its geometry (ImageOrientationPatient, PixelSpacing, ImagePositionPatient of each slice or frame, read by
+nibabel's DICOM wrappers), turned from DICOM's LPS into RAS. A DICOM volume without usable geometry (a legacy
+multi-frame file, a series ordered by InstanceNumber) keeps its stored order, cut along the acquisition plane.
+Each volume records how it was cut (`orientation`). Only DICOM of Modality MR is read; any other is refused with
+its modality, and no header value but the window and the orientation ever leaves this module.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ PERCENTILES = (0.5, 99.5)  # the window of a file without one of its own
 SIGNAL_LEVEL = 26  # a windowed gray level above 10 % of 255 counts as signal, below as background
 MIN_SIGNAL = 0.02  # a slice of a volume with signal in fewer of its pixels holds no brain and is skipped
 SLICES = ("middle", "all")  # which slices of a volume are classified (predict --slices)
+PLANES = ("sagittal", "coronal", "axial")  # the plane of slices stacked along the RAS axis x, y or z
+NO_GEOMETRY = "acquisition plane (no geometry)"  # a DICOM volume whose slices' positions in the patient are unknown
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient axes point left and posterior, NIfTI's right, anterior
 
 
 class ScanRefused(ValueError):
@@ -50,7 +56,12 @@ class ScanRefused(ValueError):
 class Scan:
     slices: np.ndarray  # (n, height, width) uint8 gray, windowed
     window: str  # which window made the gray levels, e.g. "voi 600/1600"
-    volume: bool  # several slices (NIfTI, multi-frame DICOM, a series); False for one 2-D DICOM image
+    orientation: str | None = None  # how a volume was cut, e.g. "axial (reoriented from sagittal)"; None: one 2-D image
+
+    @property
+    def volume(self) -> bool:
+        """Several slices (NIfTI, multi-frame DICOM, a series), not one 2-D DICOM image."""
+        return self.orientation is not None
 
     @property
     def middle(self) -> int:
@@ -74,6 +85,14 @@ def _nibabel():
     except ImportError as err:
         raise ScanRefused(INSTALL) from err
     return nibabel
+
+
+def _dicomwrappers():
+    nibabel = _nibabel()
+    with warnings.catch_warnings():  # nibabel warns on import that its DICOM readers are experimental
+        warnings.simplefilter("ignore")
+        from nibabel.nicom import dicomwrappers
+    return nibabel, dicomwrappers
 
 
 def _check_size(slices: int, voxels: int) -> None:
@@ -143,11 +162,79 @@ def _windowed(values: np.ndarray, window: tuple[float, float, str] | None, inver
     return (255 - gray if inverted else gray), label
 
 
+def _axial(image) -> tuple[np.ndarray, str]:
+    """A 3-D volume (a nibabel image, its affine in RAS) as (n, height, width) values: reoriented to the closest
+    canonical orientation and cut into axial slices as viewers show them; and how it was cut. NIfTI and DICOM
+    volumes both come here."""
+    nibabel = _nibabel()
+    axes = nibabel.io_orientation(image.affine)[:, 0]  # per stored axis, the RAS axis it runs along (NaN: none)
+    if 2 not in axes:
+        raise ScanRefused("the volume's affine has no superior-inferior axis")
+    _check_size(image.shape[int(np.flatnonzero(axes == 2)[0])], int(np.prod(image.shape, dtype=np.int64)))
+    try:
+        values = np.asarray(nibabel.as_closest_canonical(image).dataobj, np.float64)
+    except Exception as err:  # noqa: BLE001  (truncated or corrupt data)
+        raise ScanRefused(f"volume data cannot be read ({describe(err)})") from err
+    plane = PLANES[int(axes[2])]  # the plane of the stored slices
+    # RAS+ (x to the right, y to the front): slice k as an image is values[:, :, k] transposed to (y, x), with
+    # y flipped (anterior at the top) and x flipped (the patient's right on the left), as viewers show it
+    return (np.transpose(values[::-1, ::-1, :], (2, 1, 0)),
+            "axial" if plane == "axial" else f"axial (reoriented from {plane})")
+
+
+def _dicom_volume(values: np.ndarray, affine: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """(slices, rows, columns) DICOM values ordered along the slice normal, with the volume's affine in DICOM's LPS
+    (None: no usable geometry) → axial slices by `_axial`, or the stored slices."""
+    if affine is None:
+        return values, NO_GEOMETRY
+    return _axial(_nibabel().Nifti1Image(np.transpose(values, (1, 2, 0)), LPS_TO_RAS @ affine))
+
+
+def _frames_geometry(ds, frames: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Of an enhanced multi-frame DICOM (its geometry in Shared/PerFrameFunctionalGroupsSequence), the order of its
+    frames along the slice normal and the volume's affine (LPS), as nibabel's wrapper reads them; None where the
+    file has no usable geometry (a legacy multi-frame file, one position for several frames, several stacks)."""
+    _, dicomwrappers = _dicomwrappers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            wrapper = dicomwrappers.wrapper_from_data(ds)
+            if (not wrapper.is_multiframe or len(wrapper.frames) != frames or len(wrapper.image_shape) != 3
+                    or not wrapper.voxel_sizes[2] > 0):  # frames dropped by its filters, a 4-D file, a reversed step
+                return None
+            return np.asarray(wrapper.frame_order), wrapper.affine
+        except Exception:  # noqa: BLE001  (a header without the geometry raises many types from nibabel)
+            return None
+
+
+def _series_geometry(headers: list) -> np.ndarray | None:
+    """The affine (LPS) of a series' slices ordered along their normal: the first slice's own (nibabel reads its
+    ImageOrientationPatient, PixelSpacing and ImagePositionPatient) with the mean step between the slices'
+    positions; None where a slice lacks them or the slices are not parallel."""
+    _, dicomwrappers = _dicomwrappers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            # the plain wrapper: a Siemens mosaic file stays one slice here, as it is one slice of the series
+            slices = [dicomwrappers.Wrapper(ds) for ds in headers]
+            affine = slices[0].affine
+            if not all(np.allclose(w.rotation_matrix, slices[0].rotation_matrix, atol=1e-4) for w in slices):
+                return None
+            affine[:3, 2] = (slices[-1].image_position - slices[0].image_position) / (len(slices) - 1)
+            return affine
+        except Exception:  # noqa: BLE001  (missing or malformed geometry raises many types from nibabel)
+            return None
+
+
 def _dicom_scan(path: Path) -> Scan:
     ds = _read_dicom(path)
     _checked_mr(ds)
-    gray, label = _windowed(_dicom_values(ds), _voi(ds), ds.PhotometricInterpretation == "MONOCHROME1")
-    return Scan(gray, label, len(gray) > 1)
+    values, orientation = _dicom_values(ds), None
+    if len(values) > 1:
+        order, affine = _frames_geometry(ds, len(values)) or (np.arange(len(values)), None)
+        values, orientation = _dicom_volume(values[order], affine)
+    gray, label = _windowed(values, _voi(ds), ds.PhotometricInterpretation == "MONOCHROME1")
+    return Scan(gray, label, orientation)
 
 
 def _position(ds) -> float | None:
@@ -225,9 +312,9 @@ def _series_scan(folder: Path) -> Scan:
     values = [_dicom_values(ds) for ds in headers]
     if any(v.shape[1:] != values[0].shape[1:] for v in values):
         raise ScanRefused("the slices of the series differ in size")
-    gray, label = _windowed(np.concatenate(values), _voi(headers[0]),
-                            headers[0].PhotometricInterpretation == "MONOCHROME1")
-    return Scan(gray, label, True)
+    volume, orientation = _dicom_volume(np.concatenate(values), _series_geometry(headers))
+    gray, label = _windowed(volume, _voi(headers[0]), headers[0].PhotometricInterpretation == "MONOCHROME1")
+    return Scan(gray, label, orientation)
 
 
 def _nifti_scan(path: Path) -> Scan:
@@ -236,21 +323,13 @@ def _nifti_scan(path: Path) -> Scan:
         image = nibabel.load(path)
     except Exception as err:  # noqa: BLE001  (nibabel raises many types for damaged files)
         raise ScanRefused(f"unreadable NIfTI ({describe(err)})") from err
-    shape = image.shape
-    if len(shape) not in (3, 4):
-        raise ScanRefused(f"a {len(shape)}-D NIfTI; only 3-D and 4-D volumes are read")
-    _check_size(shape[2], int(np.prod(shape, dtype=np.int64)))
-    try:
-        image = nibabel.as_closest_canonical(image)
-        values = np.asarray(image.dataobj[..., 0] if len(shape) == 4 else image.dataobj, np.float64)
-    except Exception as err:  # noqa: BLE001  (truncated or corrupt data)
-        raise ScanRefused(f"NIfTI data cannot be read ({describe(err)})") from err
+    if len(image.shape) not in (3, 4):
+        raise ScanRefused(f"a {len(image.shape)}-D NIfTI; only 3-D and 4-D volumes are read")
     low, high = float(image.header["cal_min"]), float(image.header["cal_max"])
     window = (low, high, f"cal_min/cal_max {low:g}/{high:g}") if high > low else None
-    # RAS+ (x to the right, y to the front): slice k as an image is values[:, :, k] transposed to (y, x), with
-    # y flipped (anterior at the top) and x flipped (the patient's right on the left), as viewers show it
-    gray, label = _windowed(np.transpose(values[::-1, ::-1, :], (2, 1, 0)), window, inverted=False)
-    return Scan(gray, label, True)
+    values, orientation = _axial(image.slicer[..., 0] if len(image.shape) == 4 else image)  # 4-D: the first volume
+    gray, label = _windowed(values, window, inverted=False)
+    return Scan(gray, label, orientation)
 
 
 def read_scan(path: Path) -> Scan:
