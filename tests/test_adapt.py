@@ -97,9 +97,11 @@ def test_frozen_batchnorm_layers_are_adapted_too_and_stay_frozen(trained_run, si
     model = keras.models.load_model(source / "model.keras", compile=False)
     model.get_layer("simple_cnn").trainable = False
     model.save(source / "model.keras")
-    assert main(["adapt", "--run", str(source), "--data", str(site)]) == 0
+    assert main(["adapt", "--run", str(source), "--data", str(site), "--max-images", "5"]) == 0
     (new,) = tmp_path.glob("frozen-adapted-*")  # the default: beside the source, named after it
     assert re.fullmatch(r"frozen-adapted-\d{8}-\d{6}", new.name)
+    provenance = json.loads(Run(new).adaptation.read_text())  # a sample of 5, drawn with the run's seed
+    assert provenance["images"] == 5 and provenance["images_found"] == len(list(site.rglob("*.jpg"))) > 5
     adapted = keras.models.load_model(new / "model.keras", compile=False)
     bn = batchnorm_layers(adapted)
     assert bn and not any(layer.trainable for layer in bn)
