@@ -153,17 +153,24 @@ def test_a_sagittal_enhanced_multi_frame_dicom_is_cut_into_axial_slices(tmp_path
     frames[:, 0, :] = 4000  # row 0: the column direction points to the feet, so this is the top of the head
     lps_x = [frame.PlanePositionSequence[0].ImagePositionPatient[0]
              for frame in source.PerFrameFunctionalGroupsSequence]
-    frames[int(np.argmin(lps_x))] = 3000  # DICOM's x points to the patient's left: the lowest x is the right
+    frames[int(np.argmin(lps_x))] = 4000  # DICOM's x points to the patient's left: the lowest x is the right
     source.PixelData = frames.tobytes()
+    for k, frame in enumerate(source.PerFrameFunctionalGroupsSequence):  # each frame's own rescale and window
+        frame.PixelValueTransformationSequence[0].RescaleSlope = 2.0 if k < 88 else 1.0
+        frame.FrameVOILUTSequence[0].WindowCenter, frame.FrameVOILUTSequence[0].WindowWidth = 2000, 3000
     source.save_as(tmp_path / "mprage.dcm")
     scan = medical.read_scan(tmp_path / "mprage.dcm")
-    assert scan.orientation == "axial (reoriented from sagittal)"
+    assert scan.orientation == "axial (reoriented from sagittal)" and scan.window == "voi 2000/3000"
     assert scan.slices.shape == (256, 256, 176)  # a slice per row (head to foot), each anterior-posterior x right-left
     assert (scan.slices == 255).all(axis=(1, 2)).tolist() == [False] * 255 + [True]  # the top of the head is last
     assert (scan.slices[:, :, 0] == 255).all() and not (scan.slices[:, :, 1] == 255).all()  # the right, on the left
     # the same volume as nibabel reads it (its DICOM affine turned to RAS), through the NIfTI path
     wrapper = dicomwrappers.wrapper_from_data(pydicom.dcmread(tmp_path / "mprage.dcm"))
-    nibabel.save(nibabel.Nifti1Image(wrapper.get_unscaled_data(), LPS_TO_RAS @ wrapper.affine), tmp_path / "mprage.nii")
+    slopes = np.array([2.0 if k < 88 else 1.0 for k in range(176)])[wrapper.frame_order]  # nibabel's frame order
+    values = wrapper.get_unscaled_data() * slopes  # (nibabel's get_data prefers Philips' real-world value maps)
+    volume = nibabel.Nifti1Image(values, LPS_TO_RAS @ wrapper.affine)
+    volume.header["cal_min"], volume.header["cal_max"] = 500, 3500  # the frames' window 2000/3000
+    nibabel.save(volume, tmp_path / "mprage.nii")
     assert np.array_equal(medical.read_scan(tmp_path / "mprage.nii").slices, scan.slices)
 
 

@@ -2,13 +2,14 @@
 
 The windowing policy, the one way a scan's values become the gray levels the model sees (each result
 records which window it used):
-1. values: DICOM stored values × RescaleSlope + RescaleIntercept; NIfTI values with scl_slope/scl_inter
-   applied (by nibabel). Non-finite values count as 0.
+1. values: DICOM stored values × RescaleSlope + RescaleIntercept (of an enhanced multi-frame file, each frame's
+   own, from its functional groups); NIfTI values with scl_slope/scl_inter applied (by nibabel). Non-finite
+   values count as 0.
 2. window [low, high]: the file's own display window where it has one — DICOM WindowCenter C and WindowWidth W
-   (the first pair where several are given), low = C - W/2, high = C + W/2, recorded as `voi C/W`; NIfTI
-   cal_min/cal_max where cal_max > cal_min, recorded as `cal_min/cal_max LOW/HIGH`. Otherwise the 0.5th and 99.5th
-   percentiles of all the file's values (of the whole volume, so its slices share one window), recorded as
-   `percentile 0.5-99.5`.
+   (the first pair where several are given; of an enhanced multi-frame file, the first frame's), low = C - W/2,
+   high = C + W/2, recorded as `voi C/W`; NIfTI cal_min/cal_max where cal_max > cal_min, recorded as
+   `cal_min/cal_max LOW/HIGH`. Otherwise the 0.5th and 99.5th percentiles of all the file's values (of the whole
+   volume, so its slices share one window), recorded as `percentile 0.5-99.5`.
 3. gray = round(255 × clip((value - low) / (high - low), 0, 1)); MONOCHROME1 (low values shown white) is
    inverted to 255 - gray.
 
@@ -45,6 +46,7 @@ MIN_SIGNAL = 0.02  # a slice of a volume with signal in fewer of its pixels hold
 SLICES = ("middle", "all")  # which slices of a volume are classified (predict --slices)
 PLANES = ("sagittal", "coronal", "axial")  # the plane of slices stacked along the RAS axis x, y or z
 NO_GEOMETRY = "acquisition plane (no geometry)"  # a DICOM volume whose slices' positions in the patient are unknown
+RESCALE, VOI = "PixelValueTransformationSequence", "FrameVOILUTSequence"  # enhanced multi-frame functional groups
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient axes point left and posterior, NIfTI's right, anterior
 
 
@@ -134,8 +136,24 @@ def _dicom_values(ds) -> np.ndarray:
             stored = ds.pixel_array
         except Exception as err:  # noqa: BLE001  (truncated data or a codec missing: pydicom raises many types)
             raise ScanRefused(f"pixel data cannot be decoded ({describe(err)})") from err
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-    return stored.reshape(-1, rows, columns).astype(np.float64) * slope + intercept
+    stored = stored.reshape(-1, rows, columns).astype(np.float64)
+    slope = np.array([float(_attribute(ds, "RescaleSlope", RESCALE, k) or 1) for k in range(len(stored))])
+    intercept = np.array([float(_attribute(ds, "RescaleIntercept", RESCALE, k) or 0) for k in range(len(stored))])
+    return stored * slope[:, None, None] + intercept[:, None, None]
+
+
+def _attribute(ds, keyword: str, macro: str, frame: int = 0):
+    """`keyword` at the top level of `ds`, else where an enhanced multi-frame file keeps it: in the functional group
+    `macro` shared by all frames, else in frame `frame`'s own; None if nowhere."""
+    if ds.get(keyword) is not None:
+        return ds.get(keyword)
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    for group in (shared, per_frame[frame] if frame < len(per_frame) else None):
+        items = group.get(macro) if group is not None else None
+        if items and items[0].get(keyword) is not None:
+            return items[0].get(keyword)
+    return None
 
 
 def _first(value) -> float:
@@ -144,9 +162,11 @@ def _first(value) -> float:
 
 
 def _voi(ds) -> tuple[float, float, str] | None:
-    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+    """The file's own window (of an enhanced multi-frame file, its first frame's), or None."""
+    center, width = _attribute(ds, "WindowCenter", VOI), _attribute(ds, "WindowWidth", VOI)
+    if center is None or width is None:
         return None
-    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    center, width = _first(center), _first(width)
     if not width > 0:
         return None
     return center - width / 2, center + width / 2, f"voi {center:g}/{width:g}"
