@@ -15,7 +15,10 @@ from sklearn.metrics import roc_auc_score
 
 from braintumor.cli import main
 from braintumor.core.run import CALIBRATION, Run
+from braintumor.data.decode import decode_image
+from braintumor.engine.scoring import load_scorer
 from braintumor.results import calibration
+from braintumor.results.calibration import Calibration
 from braintumor.results.metrics import expected_calibration_error
 
 
@@ -162,3 +165,28 @@ def test_a_damaged_calibration_is_one_line_naming_the_fix(old_run, trained_run, 
         assert main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "damaged" in err[0] and err[0].endswith(f"braintumor calibrate --run {old_run.path}")
+
+
+def test_a_calibration_from_before_the_stages_reads_the_penultimate_features_alone(old_run, trained_run, synth_root,
+                                                                                  capsys):
+    """calibration.npz as written before the detector read the backbone's stages (one feature layer: `means`,
+    `precision`, two-part centre and scale) still scores; one whose layers do not fit the model is one line."""
+    cal = load_scorer(Run(trained_run)).calibration
+    legacy = {"temperature": np.float64(cal.temperature), "means": cal.means[-1], "precision": cal.precision[-1],
+              "centre": cal.centre[-2:], "scale": cal.scale[-2:], "threshold": np.float64(cal.threshold)}
+    old_run.write_calibration(legacy, {"ood": {}})
+    images = sorted((synth_root / "Testing").rglob("*.jpg"))[:4]
+    rows = _predict_json(capsys, "--run", str(old_run.path), *map(str, images))
+    scorer = load_scorer(old_run)
+    assert len(scorer.calibration.means) == 1 and scorer.calibration.means[0].shape[1] == scorer.feature_sizes[-1]
+    config = old_run.read_config()
+    features, logits = scorer.features_and_logits(
+        np.stack([decode_image(f, config.data.image_size, config.data.preprocess) for f in images]))
+    expected = Calibration.from_arrays(legacy).ood_scores(features[-1:], logits)
+    assert np.allclose([r["ood_score"] for r in rows], expected)
+
+    old_run.write_calibration({**cal.arrays(), "means_0": cal.means[0][:, :3], "precision_0": np.eye(3)}, {"ood": {}})
+    assert main(["predict", "--run", str(old_run.path), str(images[0])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fitted on features of another model" in err[0]
+    assert err[0].endswith(f"braintumor calibrate --run {old_run.path}")

@@ -11,6 +11,7 @@ from PIL import Image
 from braintumor.apps.gradcam import GradCam
 from braintumor.cli import main
 from braintumor.core.config import ModelConfig
+from braintumor.models import facts
 from braintumor.models.build import build_model, computing_layers
 
 # the smallest sizes where the target layer's map is at least 2 × 2 (a 1 × 1 map upsamples to a constant)
@@ -18,6 +19,11 @@ SIZES = {"vgg16": 32, "resnet50": 64, "inceptionv3": 107, "simple_cnn": 32}
 # the layer each backbone's maps weigh: its last convolutional block's output
 EXPLAINED = {"vgg16": "block5_conv3", "resnet50": "conv5_block3_out", "inceptionv3": "mixed10",
              "simple_cnn": "conv3_relu"}
+# the ends of the backbone's stages whose spatial means the out-of-distribution detector reads (at SIZES)
+STAGES = {"vgg16": ["block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3", "block5_pool"],
+          "resnet50": ["conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"],
+          "inceptionv3": ["mixed2", "mixed7", "mixed10"],  # after 4 stem activations, whose names count up per build
+          "simple_cnn": ["conv1_relu", "conv2_relu", "conv3_relu", "conv3_pool"]}
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +54,12 @@ def test_each_backbone_and_mode_gives_a_map_of_the_image_size_that_is_not_consta
     cam = GradCam(model)
     assert cam.layer == EXPLAINED[backbone]
     _assert_maps(cam, model, size)
+    stages = facts.stage_layers(facts.backbone_of(model))
+    assert stages[-len(STAGES[backbone]):] == STAGES[backbone]
+    assert len(stages) == len(STAGES[backbone]) + (4 if backbone == "inceptionv3" else 0)
+    assert cam.layer in stages and stages[-1] == facts.backbone_of(model).layers[-1].name
+    widths = [facts.backbone_of(model).get_layer(name).output.shape[-1] for name in stages]
+    assert [output.shape[-1] for output in facts.detector_model(model).outputs] == [*widths, widths[-1]]
 
 
 def _assert_maps(cam: GradCam, model: keras.Model, size: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""What a built model says about itself: its backbone, the layer Grad-CAM explains, the fine-tune boundary.
+"""What a built model says about itself: its backbone, the layer Grad-CAM explains, the fine-tune boundary, the
+features the out-of-distribution detector reads.
 
 Read off the model's own layers, as timm's `pretrained_cfg` travels with a model, so every shape a
 config can build (a simple_cnn of any depth and convs_per_block) and every reloaded model.keras
@@ -29,10 +30,28 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def features_model(model: keras.Model) -> keras.Model:
-    """A model with `model`'s input that returns its penultimate features, the input of the softmax layer (the head's
-    dropout is the identity at inference)."""
-    return keras.Model(model.inputs, model.get_layer(FEATURES).output)
+def stage_layers(backbone: keras.Model) -> list[str]:
+    """The end of each stage of the backbone: for every spatial size it computes at, its widest feature map of that
+    size (the last of the widest: a stage's output, not a branch inside it), and its output (VGG16 block1_conv2 …
+    block5_conv3 and block5_pool, ResNet50 conv1_relu, conv2_block3_out … conv5_block3_out, InceptionV3 …
+    mixed2, mixed7, mixed10, simple_cnn each block's last ReLU and the last pooling)."""
+    widest: dict[tuple, tuple[int, int, str]] = {}
+    for index, layer in enumerate(backbone.layers):
+        if _is_feature_map(layer) or layer is backbone.layers[-1]:
+            size, key = tuple(layer.output.shape[1:3]), (int(layer.output.shape[-1]), index, layer.name)
+            widest[size] = max(widest.get(size, key), key)
+    return [name for _, _, name in sorted(widest.values(), key=lambda key: key[1])]
+
+
+def detector_model(model: keras.Model) -> keras.Model:
+    """A model with `model`'s input that returns the spatial means of each backbone stage's output (`stage_layers`),
+    then the penultimate features: what the out-of-distribution detector reads, from edges to classes (Lee et al.,
+    2018). The backbone is re-called on the tensor that feeds it, so the weights are the model's own."""
+    backbone = backbone_of(model)
+    feeding = model.layers[model.layers.index(backbone) - 1].output  # build_model's models are a chain of layers
+    stages = keras.Model(backbone.inputs, [backbone.get_layer(name).output for name in stage_layers(backbone)])
+    pooled = [keras.layers.GlobalAveragePooling2D()(output) for output in stages(feeding)]
+    return keras.Model(model.inputs, [*pooled, model.get_layer(FEATURES).output])
 
 
 def classifier(model: keras.Model) -> keras.layers.Dense:
@@ -41,7 +60,9 @@ def classifier(model: keras.Model) -> keras.layers.Dense:
 
 
 def _is_feature_map(layer: keras.layers.Layer) -> bool:
-    return len(layer.output.shape) == 4 and not isinstance(layer, (*POOLING_LAYERS, keras.layers.InputLayer))
+    """A layer whose output is new spatial features: not the input, a pooling, or a zero-padded copy."""
+    return len(layer.output.shape) == 4 and not isinstance(
+        layer, (*POOLING_LAYERS, keras.layers.InputLayer, keras.layers.ZeroPadding2D))
 
 
 def gradcam_layer(backbone: keras.Model) -> str:

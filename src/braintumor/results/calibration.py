@@ -4,15 +4,17 @@ Temperature scaling (Guo et al., 2017): the logits z of an image are divided by 
 minimise the negative log-likelihood of the validation images over T in TEMPERATURE_RANGE; softmax(z / T) keeps
 the order of the classes, so the predicted class never changes.
 
-The out-of-distribution score of an image (higher: less like the training images) adds two standardised parts:
-- feature distance: sqrt(min over classes c of (f - mu_c)' P (f - mu_c)), with f the penultimate features (the
-  pooled features the classifier reads), mu_c the class means over the training images and P the inverse of
-  their shared within-class covariance (Lee et al., 2018), shrunk toward a multiple of the identity (Ledoit-Wolf),
-  so that a few dozen images in hundreds of dimensions still give a well-conditioned inverse;
+The out-of-distribution score of an image (higher: less like the training images) adds standardised parts:
+- feature distances, one per feature layer: sqrt(min over classes c of (f - mu_c)' P (f - mu_c)), with f the
+  layer's features, mu_c their class means over the training images and P the inverse of their shared
+  within-class covariance (Lee et al., 2018), shrunk toward a multiple of the identity (Ledoit-Wolf), so that a
+  few dozen images in hundreds of dimensions still give a well-conditioned inverse. The layers are the spatial
+  means of each backbone stage and the penultimate features (the pooled features the classifier reads): the
+  early stages see edges and textures, where a photograph or a page of text differs from an MRI slice even when
+  the last layer maps it near a class (Lee et al.'s feature ensemble, with equal weights);
 - energy: -logsumexp(z) (Liu et al., 2020), low where the logits are large and confident.
 Each part is standardised by its mean and standard deviation over the validation images, and the score is their
-sum: the feature part catches images far from every class even where the classifier is confident (a photograph
-called glioma 1.000), the energy part images whose features sit near the classes but which no class explains.
+sum. A calibration fitted before the stages were read has one feature layer, the penultimate features.
 The threshold is the 95th percentile of the validation scores (the next higher score): an image is in distribution
 when its score is at most the threshold, so at least VALIDATION_PASS of the validation images pass.
 """
@@ -75,61 +77,88 @@ class Calibration:
     """A run's temperature and out-of-distribution detector (the arrays of calibration.npz)."""
 
     temperature: float
-    means: np.ndarray  # (classes, features): class means of the training images' features
-    precision: np.ndarray  # (features, features): inverse of the shrunk shared within-class covariance
-    centre: np.ndarray  # (2,): validation mean of the feature distance and of the energy
-    scale: np.ndarray  # (2,): their validation standard deviations
+    means: tuple[np.ndarray, ...]  # per feature layer (classes, D_k): class means of the training images' features
+    precision: tuple[np.ndarray, ...]  # per feature layer (D_k, D_k): inverse of the shrunk within-class covariance
+    centre: np.ndarray  # (layers + 1,): validation mean of each feature distance and of the energy
+    scale: np.ndarray  # (layers + 1,): their validation standard deviations
     threshold: float  # scores above it are out of distribution
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits, self.temperature)
 
-    def ood_scores(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        return ((_parts(features, logits, self.means, self.precision) - self.centre) / self.scale).sum(axis=1)
+    def fits(self, dims: Sequence[int]) -> bool:
+        """Whether the detector reads features of these sizes (the scorer's layers, the penultimate last)."""
+        return len(dims) >= len(self.means) and [m.shape[1] for m in self.means] == list(dims[-len(self.means):])
+
+    def ood_scores(self, features: Sequence[np.ndarray], logits: np.ndarray) -> np.ndarray:
+        """Scores of images from their feature layers (the last len(means) of them are read) and logits."""
+        parts = _parts(features[-len(self.means):], logits, self.means, self.precision)
+        return ((parts - self.centre) / self.scale).sum(axis=1)
 
     def in_distribution(self, scores: np.ndarray) -> np.ndarray:
         return scores <= self.threshold
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"temperature": np.float64(self.temperature), "means": self.means, "precision": self.precision,
-                "centre": self.centre, "scale": self.scale, "threshold": np.float64(self.threshold)}
+        return {"temperature": np.float64(self.temperature), "centre": self.centre, "scale": self.scale,
+                "threshold": np.float64(self.threshold),
+                **{f"means_{k}": means for k, means in enumerate(self.means)},
+                **{f"precision_{k}": precision for k, precision in enumerate(self.precision)}}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Calibration:
-        """ValueError or KeyError for arrays that do not fit together (an edited or foreign file)."""
-        cal = cls(float(arrays["temperature"]), np.asarray(arrays["means"], np.float64),
-                  np.asarray(arrays["precision"], np.float64), np.asarray(arrays["centre"], np.float64),
-                  np.asarray(arrays["scale"], np.float64), float(arrays["threshold"]))
-        dims = cal.means.shape[1:]
-        if (cal.means.ndim != 2 or cal.precision.shape != dims * 2 or cal.centre.shape != (2,)
-                or cal.scale.shape != (2,) or not TEMPERATURE_RANGE[0] <= cal.temperature <= TEMPERATURE_RANGE[1]
-                or not (cal.scale > 0).all()):
+        """ValueError or KeyError for arrays that do not fit together (an edited or foreign file). A file written
+        before the stages were read holds `means` and `precision` of the penultimate features alone."""
+        layers = ([""] if "means" in arrays else
+                  [f"_{k}" for k in range(sum(name.startswith("means_") for name in arrays))])
+        cal = cls(float(arrays["temperature"]),
+                  tuple(np.asarray(arrays[f"means{suffix}"], np.float64) for suffix in layers),
+                  tuple(np.asarray(arrays[f"precision{suffix}"], np.float64) for suffix in layers),
+                  np.asarray(arrays["centre"], np.float64), np.asarray(arrays["scale"], np.float64),
+                  float(arrays["threshold"]))
+        if (not layers or any(m.ndim != 2 or p.shape != m.shape[1:] * 2 for m, p in zip(cal.means, cal.precision,
+                                                                                       strict=True))
+                or len({m.shape[0] for m in cal.means}) != 1 or cal.centre.shape != (len(layers) + 1,)
+                or cal.scale.shape != cal.centre.shape
+                or not TEMPERATURE_RANGE[0] <= cal.temperature <= TEMPERATURE_RANGE[1] or not (cal.scale > 0).all()):
             raise ValueError("its arrays do not fit together")
         return cal
 
 
-def _parts(features: np.ndarray, logits: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """(N, 2): the feature distance to the nearest class mean and the energy of each image."""
+def _distance(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(N,): the Mahalanobis distance of each row of `features` to the nearest of `means`."""
     features = np.asarray(features, np.float64)
     projected = features @ precision
     squared = ((projected * features).sum(axis=1)[:, None] - 2 * projected @ means.T
                + ((means @ precision) * means).sum(axis=1)[None, :])
-    distance = np.sqrt(np.maximum(squared.min(axis=1), 0))
-    return np.stack([distance, -logsumexp(np.asarray(logits, np.float64))], axis=1)
+    return np.sqrt(np.maximum(squared.min(axis=1), 0))
 
 
-def fit(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_logits: np.ndarray,
-        val_labels: np.ndarray, n_classes: int) -> tuple[Calibration, dict]:
-    """The temperature (on the validation logits) and the detector (class means and covariance on the training
-    features, standardisation and threshold on the validation images); and a summary in words and figures."""
+def _parts(features: Sequence[np.ndarray], logits: np.ndarray, means: Sequence[np.ndarray],
+           precision: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, layers + 1): each feature layer's distance to its nearest class mean, and the energy, of each image."""
+    distances = [_distance(f, m, p) for f, m, p in zip(features, means, precision, strict=True)]
+    return np.stack([*distances, -logsumexp(np.asarray(logits, np.float64))], axis=1)
+
+
+def _class_gaussian(features: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Class means, the precision of their shared within-class covariance (Ledoit-Wolf) and its shrinkage."""
     from sklearn.covariance import ledoit_wolf
 
-    train_features = np.asarray(train_features, np.float64)
-    overall = train_features.mean(axis=0)
-    means = np.stack([train_features[train_labels == c].mean(axis=0) if (train_labels == c).any() else overall
+    features = np.asarray(features, np.float64)
+    overall = features.mean(axis=0)
+    means = np.stack([features[labels == c].mean(axis=0) if (labels == c).any() else overall
                       for c in range(n_classes)])
-    covariance, shrinkage = ledoit_wolf(train_features - means[train_labels], assume_centered=True)
-    precision = np.linalg.pinv(covariance, hermitian=True)
+    covariance, shrinkage = ledoit_wolf(features - means[labels], assume_centered=True)
+    return means, np.linalg.pinv(covariance, hermitian=True), float(shrinkage)
+
+
+def fit(train_features: Sequence[np.ndarray], train_labels: np.ndarray, val_features: Sequence[np.ndarray],
+        val_logits: np.ndarray, val_labels: np.ndarray, n_classes: int) -> tuple[Calibration, dict]:
+    """The temperature (on the validation logits) and the detector (class means and covariance of each feature
+    layer on the training images, standardisation and threshold on the validation images); and a summary in words
+    and figures."""
+    gaussians = [_class_gaussian(layer, train_labels, n_classes) for layer in train_features]
+    means, precision = tuple(g[0] for g in gaussians), tuple(g[1] for g in gaussians)
     parts = _parts(val_features, val_logits, means, precision)
     centre, spread = parts.mean(axis=0), parts.std(axis=0)
     scale = np.where(spread > 0, spread, 1.0)  # a single validation image has no spread
@@ -142,13 +171,14 @@ def fit(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.n
         "temperature_fitted_on": {"images": len(val_labels), "nll_before": nll(val_logits, val_labels),
                                   "nll_after": nll(val_logits, val_labels, temperature)},
         "ood": {
-            "score": "standardised feature distance (Mahalanobis, shared Ledoit-Wolf covariance) plus standardised "
-                     "energy -logsumexp(logits); higher is less like the training images",
+            "score": "sum of standardised feature distances (Mahalanobis to the nearest class mean, shared Ledoit-Wolf "
+                     "covariance; one per backbone stage's spatial means and one of the penultimate features) and "
+                     "the standardised energy -logsumexp(logits); higher is less like the training images",
             "threshold": threshold,
             "validation_passed": float(cal.in_distribution(scores).mean()),
             "training_images": len(train_labels),
-            "features": int(means.shape[1]),
-            "shrinkage": float(shrinkage),
+            "features": [int(m.shape[1]) for m in means],
+            "shrinkage": [g[2] for g in gaussians],
         },
     }
     return cal, summary
