@@ -144,10 +144,15 @@ def test_calibrate_an_old_run_writes_the_files_and_predict_works_before_it(old_r
     assert main(["predict", "--run", str(old_run.path), image, "--csv", str(tmp_path / "p.csv")]) == 0
     err = capsys.readouterr().err
     assert err.count(f"braintumor calibrate --run {old_run.path}") == 1
+    best_epoch = old_run.read_metrics()["best_epoch"]
     assert main(["calibrate", "--run", str(old_run.path)]) == 0
     capsys.readouterr()
     assert old_run.calibration.is_file() and old_run.calibration_summary.is_file()
-    assert set(old_run.read_metrics()["calibration"]) >= {"ece_before", "ece_after"}
+    metrics = old_run.read_metrics()
+    assert set(metrics["calibration"]) >= {"ece_before", "ece_after"} and "ood" in metrics  # its reports again
+    assert metrics["best_epoch"] == best_epoch is not None  # what training recorded is kept
+    with open(old_run.predictions, newline="") as handle:
+        assert all(row["in_distribution"] in ("true", "false") for row in csv.DictReader(handle))
     (after,) = _predict_json(capsys, "--run", str(old_run.path), image)
     assert isinstance(after["in_distribution"], bool)
     assert after["predicted"] == before["predicted"]

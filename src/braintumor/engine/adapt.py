@@ -33,7 +33,7 @@ from braintumor.data.decode import decode_files
 from braintumor.data.files import READABLE, walk
 from braintumor.engine.calibrate import run_dataset
 from braintumor.engine.callbacks import batchnorm_layers, recompute_batchnorm, save_atomically, shuffled_batches
-from braintumor.engine.evaluate import report_run
+from braintumor.engine.evaluate import RECORDED_BY_TRAINING, report_run
 from braintumor.engine.scoring import Scorer
 from braintumor.models.saved import load_run_model
 
@@ -78,7 +78,7 @@ def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = Non
     cfg = source.read_config()
     files, found = adaptation_images(folder, max_images, cfg.seed)
     dest = destination(source, out)
-    about = {key: value for key, value in source.read_metrics().items() if key in ("best_epoch", "train_seconds")}
+    about = {key: value for key, value in source.read_metrics().items() if key in RECORDED_BY_TRAINING}
     model = load_run_model(source)
     layers = batchnorm_layers(model)
     if not layers:

@@ -13,7 +13,6 @@ from braintumor.core.errors import UserError
 from braintumor.core.run import Run
 from braintumor.data.dataset import Dataset, load_dataset
 from braintumor.engine.scoring import Scorer
-from braintumor.models.saved import load_run_model
 from braintumor.results import calibration
 from braintumor.results.calibration import Calibration
 
@@ -44,18 +43,4 @@ def fit_calibration(run: Run, model: keras.Model, data: Dataset) -> Calibration:
     log.info(f"calibration: temperature {cal.temperature:.3f} (validation NLL {fitted['nll_before']:.4f} → "
              f"{fitted['nll_after']:.4f}); the out-of-distribution threshold passes "
              f"{ood['validation_passed']:.0%} of the {fitted['images']} validation images")
-    return cal
-
-
-def calibrate_run(run: Run) -> Calibration:
-    """`braintumor calibrate`: fit the run's calibration from its data again, and put ECE and NLL before and after
-    on its test part (Testing under the official protocol) into its metrics.json."""
-    data = run_dataset(run, "calibrate")
-    model = load_run_model(run)
-    cal = fit_calibration(run, model, data)
-    _, logits = Scorer(model, cal).features_and_logits(data.test.images)
-    report = calibration.calibration_report(cal, logits, data.test.labels)
-    run.add_to_metrics("calibration", report)
-    log.info(f"test part: ECE {report['ece_before']:.4f} → {report['ece_after']:.4f}, NLL "
-             f"{report['nll_before']:.4f} → {report['nll_after']:.4f}; wrote {run.calibration}")
     return cal

@@ -19,7 +19,7 @@ from braintumor.core.run import Evaluation, Reports, Run
 from braintumor.data import splits
 from braintumor.data.dataset import Dataset, Split, list_split, load_split
 from braintumor.data.twins import find_test_twins
-from braintumor.engine.calibrate import fit_calibration
+from braintumor.engine.calibrate import fit_calibration, run_dataset
 from braintumor.engine.scoring import Scorer, load_scorer
 from braintumor.models.saved import load_run_model
 from braintumor.results import reports
@@ -27,6 +27,9 @@ from braintumor.results.calibration import calibration_report, flagged_report
 from braintumor.results.metrics import compute_metrics
 
 log = logs.get_logger(__name__)
+
+# what a run's own metrics.json records beside the metrics, kept when its reports are written again
+RECORDED_BY_TRAINING = ("best_epoch", "train_seconds", "adapted_from")
 
 
 def _leak_free(split: Split, probs: np.ndarray, classes: list[str], seed: int, cfg: DataConfig) -> dict:
@@ -90,6 +93,20 @@ def report_training_run(run: Run, cfg: Config, data: Dataset, best_epoch: int | 
     model = load_run_model(run)
     scorer = Scorer(model, fit_calibration(run, model, data))
     return report_run(run, cfg, data, scorer, {"best_epoch": best_epoch, "train_seconds": train_seconds}, out)
+
+
+def calibrate_run(run: Run) -> None:
+    """`braintumor calibrate`: fit the run's calibration from its data again, and write its own reports on its test
+    part again with it (probabilities, the detector's verdicts in predictions.csv and metrics.json's calibration and
+    ood), keeping what training recorded (best epoch, training time, an adapted run's source)."""
+    data = run_dataset(run, "calibrate")
+    model = load_run_model(run)
+    scorer = Scorer(model, fit_calibration(run, model, data))
+    kept = {key: value for key, value in run.read_metrics().items() if key in RECORDED_BY_TRAINING}
+    staging = run.reports_staging()
+    report_run(run, run.read_config(), data, scorer, kept, staging)
+    run.adopt_reports(staging)
+    log.info(f"wrote {run.calibration} and the reports of {run.path} again")
 
 
 def report_run(run: Run, cfg: Config, data: Dataset, scorer: Scorer, about: dict, out: Reports) -> dict:

@@ -11,8 +11,10 @@ from braintumor.apps.commands.shared import add_run_dir, start_tensorflow
 HELP = "fit a run's calibrated probabilities and its out-of-distribution detector"
 DESCRIPTION = ("Fit temperature scaling on the run's validation images and the out-of-distribution detector on its "
                "training images' features (threshold: 95 % of validation images pass), from the run's own data; "
-               "writes calibration.npz and calibration.json into the run folder and ECE/NLL before and after on "
-               "Testing into its metrics.json. Training does this itself; use it for runs trained before.")
+               "writes calibration.npz and calibration.json into the run folder, and the run's own reports on its test "
+               "part again with them (calibrated probabilities and the detector's verdicts in predictions.csv, ECE/NLL "
+               "before and after and the flagged share in metrics.json). Training does this itself; use it for runs "
+               "trained before, or after adapt.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,6 @@ def run(args: argparse.Namespace) -> None:
 
     run = Run.completed(Path(args.run), "calibrate")  # answered before TensorFlow loads
     start_tensorflow(args.debug)
-    from braintumor.engine.calibrate import calibrate_run
+    from braintumor.engine.evaluate import calibrate_run
 
     calibrate_run(run)
