@@ -31,22 +31,25 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 
 def stage_layers(backbone: keras.Model) -> list[str]:
-    """The end of each stage of the backbone: for every spatial size it computes at, its widest feature map of that
-    size (the last of the widest: a stage's output, not a branch inside it), and its output (VGG16 block1_conv2 …
-    block5_conv3 and block5_pool, ResNet50 conv1_relu, conv2_block3_out … conv5_block3_out, InceptionV3 …
-    mixed2, mixed7, mixed10, simple_cnn each block's last ReLU and the last pooling)."""
+    """The end of each stage of the backbone before its last: for every spatial size it computes at, its widest
+    feature map of that size (the last of the widest: a stage's output, not a branch inside it), except at the size
+    of the backbone's output, whose spatial mean is already the penultimate features (VGG16 block1_conv2 …
+    block5_conv3, ResNet50 conv1_relu, conv2_block3_out … conv4_block6_out, InceptionV3 … mixed2, mixed7,
+    simple_cnn each block's last ReLU)."""
     widest: dict[tuple, tuple[int, int, str]] = {}
     for index, layer in enumerate(backbone.layers):
-        if _is_feature_map(layer) or layer is backbone.layers[-1]:
+        if _is_feature_map(layer):
             size, key = tuple(layer.output.shape[1:3]), (int(layer.output.shape[-1]), index, layer.name)
             widest[size] = max(widest.get(size, key), key)
+    widest.pop(tuple(backbone.output.shape[1:3]), None)
     return [name for _, _, name in sorted(widest.values(), key=lambda key: key[1])]
 
 
 def detector_model(model: keras.Model) -> keras.Model:
     """A model with `model`'s input that returns the spatial means of each backbone stage's output (`stage_layers`),
-    then the penultimate features: what the out-of-distribution detector reads, from edges to classes (Lee et al.,
-    2018). The backbone is re-called on the tensor that feeds it, so the weights are the model's own."""
+    then the penultimate features (the last stage's): what the out-of-distribution detector reads, from edges to
+    classes (Lee et al., 2018). The backbone is re-called on the tensor that feeds it, so the weights are the
+    model's own."""
     backbone = backbone_of(model)
     feeding = model.layers[model.layers.index(backbone) - 1].output  # build_model's models are a chain of layers
     stages = keras.Model(backbone.inputs, [backbone.get_layer(name).output for name in stage_layers(backbone)])
