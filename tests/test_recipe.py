@@ -118,8 +118,25 @@ def test_gamma_and_contrast_follow_their_formulas():
     np.testing.assert_allclose(contrast, mean + 0.5 * (image - mean), atol=1e-2)
 
 
+def test_blur_is_a_gaussian_of_the_given_sigma_drawn_per_image():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (3, 24, 24, 3)).astype(np.uint8)
+    fixed = _run(image, dataclasses.replace(STILL, blur=[1.5, 1.5]))
+    reference = gaussian_filter(image.astype(np.float64), sigma=(0, 1.5, 1.5, 0), mode="constant", truncate=3.0)
+    np.testing.assert_allclose(fixed, reference, atol=1e-2)
+    noise = np.repeat(image[:1], 8, axis=0)
+    drawn = _run(noise, dataclasses.replace(STILL, blur=[0.0, 3.0]), seed=(5, 6))
+    detail = [d[6:-6, 6:-6].std() for d in drawn]  # noise left after blurring falls as sigma grows
+    assert max(detail) > 2 * min(detail)  # one sigma per image, not one per batch
+    np.testing.assert_array_equal(_run(image, dataclasses.replace(STILL, blur=[0.0, 0.0])),
+                                  _run(image, STILL))
+
+
 @pytest.mark.parametrize(("key", "value"), [("zoom", [0, 1]), ("zoom", [1.2, 1.1]), ("rotation", 200),
-                                            ("gamma", [1]), ("contrast", [-1, 1])])
+                                            ("gamma", [1]), ("contrast", [-1, 1]), ("blur", [2, 1]),
+                                            ("blur", [0, 6])])
 def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
     assert main(["validate", str(write_config(augmentation={"enabled": True, key: value}))]) == 2
     assert f"augmentation.{key}" in capsys.readouterr().err

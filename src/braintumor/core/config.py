@@ -99,6 +99,7 @@ class AugmentationConfig:
     rotation: float = 0.0  # degrees, uniform in [-r, r]
     contrast: list[float] = field(default_factory=lambda: [1.0, 1.0])  # factor about each image's mean
     gamma: list[float] = field(default_factory=lambda: [1.0, 1.0])  # exponent on [0, 1] intensities
+    blur: list[float] = field(default_factory=lambda: [0.0, 0.0])  # Gaussian sigma in pixels of the model input
 
     def validate(self, check: _Check) -> None:
         check(1 <= self.copies <= 20, "copies", "an integer from 1 to 20")
@@ -114,6 +115,8 @@ class AugmentationConfig:
             check(len(pair) == 2 and 0 < pair[0] <= pair[1] <= top, key,
                   f"[low, high] with 0 < low <= high <= {top:g}, e.g. [0.9, 1.1]; [1, 1] turns it off")
         check(0 <= self.rotation <= 180, "rotation", "degrees from 0 to 180; 0 turns it off")
+        check(len(self.blur) == 2 and 0 <= self.blur[0] <= self.blur[1] <= 5, "blur",
+              "[low, high] sigma in pixels with 0 <= low <= high <= 5, e.g. [0, 1.5]; [0, 0] turns it off")
 
 
 @dataclass

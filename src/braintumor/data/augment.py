@@ -14,7 +14,8 @@ How the study's Keras ImageDataGenerator parameters map:
   RandomBrightness is additive, so it is not used.
 Extras for MRI slices (off by default, so the study's configs keep the study's augmentation): zoom
 (factor range, > 1 enlarges: a random resized crop), rotation (± degrees), contrast (factor about
-the image mean) and gamma (on [0, 1] intensities).
+the image mean), gamma (on [0, 1] intensities) and blur (a Gaussian of random sigma: scanners and
+exports differ in resolution, and sharpness must not tell the classes apart).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
 copies once, seeded (the study's 2870 → 5740). Validation and Testing images are never augmented.
 """
@@ -84,6 +85,10 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
         images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode=cfg.fill_mode.upper())
     moved.set_shape(images.shape)  # the op forgets the static image size; without it training runs far slower
+    if cfg.blur[1] > 0:  # its own seed, so turning it on leaves every other draw as it was
+        sigma = tf.random.stateless_uniform([batch], tf.random.experimental.stateless_fold_in(
+            tf.cast(seed, tf.int64), 2), *cfg.blur)
+        moved = gaussian_blur(moved, sigma, radius=math.ceil(3 * cfg.blur[1]))
     low, high = cfg.brightness
     out = moved * uniform(4, low, high, extra_dims=3)
     contrast = extra_uniform(2, *cfg.contrast, off=1.0, extra_dims=3)
@@ -94,6 +99,27 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
     gamma = extra_uniform(3, *cfg.gamma, off=1.0, extra_dims=3)
     if gamma is not None:
         out = 255.0 * tf.pow(out / 255.0, gamma)
+    return out
+
+
+def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """Each image (B, H, W, C) blurred with its own Gaussian of standard deviation `sigma` (B,) pixels,
+    truncated at `radius`; zero padding, as the black background around a brain. Sigma 0 leaves it as is."""
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    weights = tf.exp(-0.5 * tf.square(offsets[None, :] / tf.maximum(sigma[:, None], 1e-3)))
+    weights /= tf.reduce_sum(weights, axis=1, keepdims=True)  # (B, 2r+1)
+    shape = tf.shape(images)
+    channels = images.shape[-1]
+    # every (image, channel) pair becomes a channel of one image, so one depthwise convolution per axis
+    # applies each image's own kernel
+    stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, shape[1], shape[2], -1])
+    kernel = tf.repeat(weights, channels, axis=0)  # (B * C, 2r+1)
+    across = tf.transpose(kernel)[None, :, :, None]  # (1, 2r+1, B * C, 1)
+    down = tf.transpose(kernel)[:, None, :, None]
+    blurred = tf.nn.depthwise_conv2d(stacked, across, [1, 1, 1, 1], "SAME")
+    blurred = tf.nn.depthwise_conv2d(blurred, down, [1, 1, 1, 1], "SAME")
+    out = tf.transpose(tf.reshape(blurred, [shape[1], shape[2], shape[0], channels]), [2, 0, 1, 3])
+    out.set_shape(images.shape)
     return out
 
 
