@@ -175,8 +175,27 @@ def test_grayscale_model_takes_rgb_and_sees_one_channel(write_config, tmp_path):
     np.testing.assert_allclose(model.predict(rgb, verbose=0), model.predict(gray, verbose=0), atol=1e-5)
 
 
+def test_group_norm_model_trains_explains_itself_and_is_refused_by_adapt(write_config, synth_root, tmp_path,
+                                                                         capsys):
+    assert main(["train", str(write_config(model={"width": 8, "norm": "group"}))]) == 0
+    (run,) = (tmp_path / "outputs").iterdir()
+    backbone = keras.models.load_model(run / "model.keras").get_layer("simple_cnn")
+    norms = {type(layer) for layer in backbone.layers} & {keras.layers.GroupNormalization,
+                                                          keras.layers.BatchNormalization}
+    assert norms == {keras.layers.GroupNormalization}
+    image = next((synth_root / "Testing").rglob("*.jpg"))
+    assert main(["predict", "--run", str(run), str(image), "--gradcam", str(tmp_path / "cam")]) == 0
+    assert len(list((tmp_path / "cam").iterdir())) == 1
+    capsys.readouterr()
+    assert main(["adapt", "--run", str(run), "--data", str(synth_root / "Testing")]) == 2
+    assert "has no BatchNormalization layer" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("sections", "key"), [
     ({"data": {"channels": 2}}, "data.channels"),
+    ({"model": {"norm": "layer"}}, "model.norm"),
+    ({"model": {"backbone": "vgg16", "norm": "group"}}, "model.norm"),
+    ({"model": {"norm": "group"}, "train": {"precise_bn": True}}, "train.precise_bn"),
     ({"data": {"channels": True}}, "data.channels"),
     ({"data": {"channels": 1}, "model": {"backbone": "vgg16"}}, "data.channels"),
     ({"model": {"backbone": "vgg16", "width": 64}}, "model.width"),

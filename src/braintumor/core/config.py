@@ -132,6 +132,9 @@ class ModelConfig:
     depth: int = 3
     convs_per_block: int = 1
     bn_momentum: float = 0.9  # BatchNorm moving-statistics momentum (simple_cnn)
+    # simple_cnn: batch (BatchNorm) or group (GroupNorm, 8 groups: each image normalised by its own statistics,
+    # so no statistics learnt on one site are applied to another)
+    norm: Literal["batch", "group"] = "batch"
 
     def validate(self, check: _Check) -> None:
         check(self.backbone in BACKBONES, "backbone", "one of: " + ", ".join(BACKBONES))
@@ -144,7 +147,7 @@ class ModelConfig:
         check(1 <= self.depth <= 8, "depth", "an integer from 1 to 8")
         check(1 <= self.convs_per_block <= 4, "convs_per_block", "an integer from 1 to 4")
         check(0 < self.bn_momentum < 1, "bn_momentum", "a number above 0 and below 1, e.g. 0.99")
-        simple_only = {"width": 32, "depth": 3, "convs_per_block": 1, "bn_momentum": 0.9}
+        simple_only = {"width": 32, "depth": 3, "convs_per_block": 1, "bn_momentum": 0.9, "norm": "batch"}
         for key, default in simple_only.items():
             check(self.backbone == "simple_cnn" or getattr(self, key) == default, key,
                   f"the default ({default}) unless backbone is simple_cnn; ImageNet backbones have a fixed shape")
@@ -213,6 +216,9 @@ class Config:
         if self.train.precise_bn and self.model.mode != "full":
             raise UserError(f"{check.source}: train.precise_bn = True needs model.mode full; in {self.model.mode} "
                             "mode BatchNorm keeps its ImageNet statistics, so there is nothing to recompute")
+        if self.train.precise_bn and self.model.norm == "group":
+            raise UserError(f"{check.source}: train.precise_bn = True needs BatchNorm; model.norm group has no "
+                            "statistics to recompute, so use train.precise_bn: false with it")
         if self.data.channels == 1 and self.model.backbone != "simple_cnn":
             raise UserError(f"{check.source}: data.channels = 1 needs model.backbone simple_cnn; ImageNet "
                             "backbones take 3 channels, so use data.channels: 3 with them")

@@ -60,15 +60,19 @@ class BackbonePreprocess(keras.layers.Layer):
 
 
 def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: ModelConfig) -> keras.Model:
-    """A from-scratch CNN: `depth` blocks of `convs_per_block` conv-BN-ReLU layers and a max pool, the
-    filters doubling from `width`. The defaults (3 blocks of one conv, 32-64-128) train on a CPU in minutes."""
+    """A from-scratch CNN: `depth` blocks of `convs_per_block` conv-norm-ReLU layers and a max pool, the
+    filters doubling from `width`, the norm BatchNorm or GroupNorm (`cfg.norm`). The defaults (3 blocks of one
+    conv, 32-64-128) train on a CPU in minutes."""
     inputs = keras.Input(input_shape)
     x = inputs
     for block in range(1, cfg.depth + 1):
         for conv in range(1, cfg.convs_per_block + 1):
             name = f"conv{block}" if cfg.convs_per_block == 1 else f"conv{block}_{conv}"
             x = keras.layers.Conv2D(cfg.width * 2 ** (block - 1), 3, padding="same", use_bias=False, name=name)(x)
-            x = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
+            if cfg.norm == "group":
+                x = keras.layers.GroupNormalization(groups=8, name=f"{name}_gn")(x)
+            else:
+                x = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
             x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
         x = keras.layers.MaxPooling2D(name=f"conv{block}_pool")(x)
     model = keras.Model(inputs, x, name="simple_cnn")
