@@ -274,6 +274,12 @@ def test_sweep_folds_trains_every_fold_and_compare_pools_them(twin_root: Path, t
         assert data["protocol"] == {"name": "kfold", "folds": 3, "fold": run.fold, "seed": 42, "groups": 88}
         metrics = json.loads(folder.metrics.read_text())
         assert metrics["protocol"] == "kfold" and "leak_free" not in metrics  # grouped: the metrics are leak-free
+        by_folder = metrics["by_folder"]  # the fold's images from each published folder (source), apart
+        assert sorted(by_folder) == ["Testing", "Training"]
+        assert sum(part["n"] for part in by_folder.values()) == metrics["n"]
+        assert sum(part["accuracy"] * part["n"] for part in by_folder.values()) == pytest.approx(
+            metrics["accuracy"] * metrics["n"])
+        assert "The images from Testing/" in folder.classification_report.read_text()
         side = sides_of(folder.split.read_text())
         tested.append({f for f, row in side.items() if row["split"] == "test"})
         assert tested[-1] == {row["file"] for row in csv.DictReader(folder.predictions.open())}

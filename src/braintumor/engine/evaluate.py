@@ -65,6 +65,11 @@ def _evaluate_split(scorers: list[Scorer], split: Split, classes: list[str], out
         extra = {**extra, "tta": compute_metrics(split.labels, (probs + flipped) / 2, classes, seed=seed)}
     if leak_free:
         extra = {**extra, "leak_free": _leak_free(split, probs, classes, seed, data_cfg)}
+    folders = np.array([file.split("/", 1)[0] for file in split.files])
+    if len(set(folders)) > 1:  # a grouped test part mixes the published folders, which come from other sources
+        extra = {**extra, "by_folder": {folder: compute_metrics(split.labels[folders == folder],
+                                                                probs[folders == folder], classes, seed=seed)
+                                        for folder in sorted(set(folders))}}
     metrics = reports.write_evaluation(out_dir, split.files, split.labels, probs, classes, seed=seed, extra=extra,
                                        in_distribution=in_distribution, ood_scores=ood_scores)
     _print_summary(extra["split"], metrics, len(split.files))
@@ -79,6 +84,8 @@ def _print_summary(split: str, metrics: dict, n: int) -> None:
             part = metrics[key]
             log.info(f"{split} {title}: accuracy {part['accuracy']:.4f} ({part['n']} images"
                   + (f", {part['excluded']} with a Training twin left out)" if key == "leak_free" else ")"))
+    for folder, part in metrics.get("by_folder", {}).items():
+        log.info(f"{split}, the images from {folder}/: accuracy {part['accuracy']:.4f} ({part['n']} images)")
     if "calibration" in metrics:
         cal, ood = metrics["calibration"], metrics["ood"]
         per_class = ", ".join(f"{name} {part['flagged']:.0%}" for name, part in ood["per_class"].items()

@@ -166,6 +166,8 @@ def _classification_report(
                 ("tta", "With horizontal-flip test-time augmentation, the mean of each image and its mirror"),
                 ("leak_free", "Leak-free subset, the test images without an exact or near duplicate in Training"),
             ) if key in metrics)
+            + "".join(_subset_report(f"The images from {folder}/ (each published folder is another source)", part,
+                                     classes) for folder, part in metrics.get("by_folder", {}).items())
             + (_calibration_report(metrics["calibration"]) if "calibration" in metrics else "")
             + (_ood_report(metrics["ood"]) if "ood" in metrics else ""))
 
@@ -190,7 +192,8 @@ def _figure(value: float | None) -> str:
 
 
 def _subset_report(title: str, metrics: dict, classes: Sequence[str]) -> str:
-    """The same figures for a variant of the evaluation (TTA, leak-free subset), from its metrics dict."""
+    """The same figures for a variant of the evaluation (TTA, leak-free subset, one folder's images), from its metrics
+    dict."""
     width = max(len("weighted avg"), *map(len, classes))
     head = f"{'':>{width}}  precision    recall  f1-score   support"
     rows = [f"{name:>{width}}  {s['precision']:9.4f} {s['recall']:9.4f} {s['f1']:9.4f} {s['support']:9d}"
