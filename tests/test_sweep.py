@@ -59,6 +59,16 @@ def test_plan_expands_configs_seeds_and_set_values(write_config, tmp_path, capsy
     assert "8 planned (of 8)" in printed and "train.optimizer=rmsprop" in printed
 
 
+def test_folds_listed_with_set_share_one_label_so_compare_pools_them(write_config, tmp_path):
+    from braintumor.apps import sweep
+
+    runs = sweep.plan([write_config("alpha")], [0], ["data.protocol=kfold", "data.fold=0,2",
+                                                     "train.optimizer=adam,rmsprop"])
+    assert [run.id for run in runs] == ["alpha-fold-0-optimizer-adam-s0", "alpha-fold-0-optimizer-rmsprop-s0",
+                                        "alpha-fold-2-optimizer-adam-s0", "alpha-fold-2-optimizer-rmsprop-s0"]
+    assert [run.label for run in runs] == ["alpha optimizer=adam", "alpha optimizer=rmsprop"] * 2
+
+
 def test_study_listing_names_the_nine_headline_experiments(tmp_path, capsys):
     listed = sweep.expand_configs([REPO / "configs" / "study.yaml"])
     assert len(listed) == 9

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from braintumor.core import rundir
 from braintumor.core.atomic import write_json, write_text
-from braintumor.core.config import load_config, read_listing
+from braintumor.core.config import WITHIN_CONFIGURATION, load_config, read_listing
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.core.run import Run
@@ -124,9 +124,12 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str],
         base = load_config(path, fixed)
         for combination in itertools.product(*grid):
             cfg = load_config(path, [*fixed, *combination])  # each grid value must be valid too
-            # grid values tell runs apart: train.optimizer=rmsprop -> id ...-optimizer-rmsprop
-            varied = [(key.split(".")[-1], value) for key, value in (item.split("=", 1) for item in combination)]
-            label = " ".join([base.label or base.name, *(f"{key}={value}" for key, value in varied)])
+            # grid values tell runs apart: train.optimizer=rmsprop -> id ...-optimizer-rmsprop; the label names
+            # only those that make another configuration (not data.fold=1,2: folds of one configuration pool)
+            pairs = [item.split("=", 1) for item in combination]
+            varied = [(key.split(".")[-1], value) for key, value in pairs]
+            label = " ".join([base.label or base.name, *(f"{key.split('.')[-1]}={value}" for key, value in pairs
+                                                         if key not in WITHIN_CONFIGURATION)])
             for seed in seeds if seeds is not None else [cfg.seed]:
                 for fold, per_fold in enumerate(fold_overrides(folds)):
                     if per_fold:

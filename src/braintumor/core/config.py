@@ -200,6 +200,11 @@ class OutputConfig:
     dir: str = "outputs"
 
 
+# config keys (dotted) in which the runs of one configuration may differ: the seeds, and the folds of one
+# cross-validation. `compare` pools such runs; `sweep` keeps them out of the labels that tell configurations apart.
+WITHIN_CONFIGURATION = ("seed", "name", "output", "data.fold")
+
+
 @dataclass
 class Config:
     name: str = "experiment"  # run folders are <output.dir>/<name>-<YYYYmmdd-HHMMSS>

@@ -24,7 +24,7 @@ import matplotlib
 import numpy as np
 
 from braintumor.core import run as contract  # the run folder's file names
-from braintumor.core.config import read_yaml
+from braintumor.core.config import WITHIN_CONFIGURATION, read_yaml
 from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
 from braintumor.core.rundir import read_json, staged_dir, timestamp
@@ -41,8 +41,6 @@ RESULT_FILES = (contract.METRICS, contract.PREDICTIONS)
 TRAIN_MINUTES = "train_minutes"  # training wall time of a run (metrics.json's train_seconds / 60)
 # mean ± std, min–max per configuration
 SEED_STATS = ("accuracy", "macro_f1", "glioma_recall", "leak_free", TRAIN_MINUTES)
-NOT_CONFIGURATION = ("seed", "name", "output")  # config keys in which runs of one configuration may differ
-NOT_CONFIGURATION_DATA = ("fold",)  # ... and data keys: the folds of one cross-validation pool like seeds
 SUMMARY_COLUMNS = (
     "group", "rank", "best", "label", "backbone", "protocol", "folder", "n",
     *(column for metric in METRICS for column in (
@@ -69,7 +67,7 @@ class Result:
     files: list[str]
     correct: np.ndarray  # per file, in the order of `files`
     metrics: dict  # recomputed from predictions.csv, plus the stored leak_free / tta parts
-    configuration: str = ""  # the config without seed, name and output: equal for runs that differ only in seed
+    configuration: str = ""  # the config without WITHIN_CONFIGURATION: equal for runs that differ only in seed or fold
     config_label: str = ""  # the label before a folder name is added to tell runs apart
     seed: int | None = None
     protocol: str = "official"  # data.protocol, or split_file
@@ -190,10 +188,7 @@ def _read_run(config_path: Path, outputs_dir: Path, include_eval: bool) -> tuple
         return [], [_not_compared(run, outputs_dir, label, "unknown", err, retrain)]
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     protocol = "split_file" if data.get("split_file") else str(data.get("protocol", "official"))
-    kept = {k: v for k, v in config.items() if k not in NOT_CONFIGURATION}
-    if data:
-        kept["data"] = {k: v for k, v in data.items() if k not in NOT_CONFIGURATION_DATA}
-    configuration = json.dumps(kept, sort_keys=True, default=str)
+    configuration = json.dumps(_without(config, WITHIN_CONFIGURATION), sort_keys=True, default=str)
     # the folds of one k-fold cross-validation test different images: their configuration pools over groups
     pool = f"CV{data.get('folds')} ({data.get('folds')} folds of {data.get('root')}, seeds pooled)" \
         if protocol == "kfold" else ""
@@ -280,6 +275,12 @@ def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Resu
     if isinstance(stored.get("train_seconds"), (int, float)):  # training runs only, not evaluations
         metrics["train_seconds"] = float(stored["train_seconds"])
     return Result(label, backbone, relative, files, correct, metrics)
+
+
+def _without(config: dict, dotted_keys: Sequence[str], prefix: str = "") -> dict:
+    """`config` without the keys `dotted_keys` name (`data.fold` is fold inside data), at any depth."""
+    return {key: _without(value, dotted_keys, f"{prefix}{key}.") if isinstance(value, dict) else value
+            for key, value in config.items() if f"{prefix}{key}" not in dotted_keys}
 
 
 def _value(metrics: dict, name: str) -> float | None:
