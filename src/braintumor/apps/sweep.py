@@ -126,15 +126,14 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str],
             cfg = load_config(path, [*fixed, *combination])  # each grid value must be valid too
             # grid values tell runs apart: train.optimizer=rmsprop -> id ...-optimizer-rmsprop; the label names
             # only those that make another configuration (not data.fold=1,2: folds of one configuration pool)
-            pairs = [item.split("=", 1) for item in combination]
-            varied = [(key.split(".")[-1], value) for key, value in pairs]
-            label = " ".join([base.label or base.name, *(f"{key.split('.')[-1]}={value}" for key, value in pairs
+            varied = [(key, key.split(".")[-1], value) for key, value in (item.split("=", 1) for item in combination)]
+            label = " ".join([base.label or base.name, *(f"{short}={value}" for key, short, value in varied
                                                          if key not in WITHIN_CONFIGURATION)])
             for seed in seeds if seeds is not None else [cfg.seed]:
                 for fold, per_fold in enumerate(fold_overrides(folds)):
                     if per_fold:
                         load_config(path, [*fixed, *combination, *per_fold])  # each fold's config must be valid too
-                    name = "-".join([base.name, *(f"{key}-{value}" for key, value in varied),
+                    name = "-".join([base.name, *(f"{short}-{value}" for _, short, value in varied),
                                      *([f"f{fold}"] if per_fold else []), f"s{seed}"])
                     run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
                     runs.append(PlannedRun(len(runs), run_id, str(path), seed, [*fixed, *combination, *per_fold],

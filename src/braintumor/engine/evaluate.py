@@ -65,7 +65,7 @@ def _evaluate_split(scorers: list[Scorer], split: Split, classes: list[str], out
         extra = {**extra, "tta": compute_metrics(split.labels, (probs + flipped) / 2, classes, seed=seed)}
     if leak_free:
         extra = {**extra, "leak_free": _leak_free(split, probs, classes, seed, data_cfg)}
-    folders = np.array([file.split("/", 1)[0] for file in split.files])
+    folders = np.array([reports.published_folder(file) for file in split.files])
     if len(set(folders)) > 1:  # a grouped test part mixes the published folders, which come from other sources
         extra = {**extra, "by_folder": {folder: compute_metrics(split.labels[folders == folder],
                                                                 probs[folders == folder], classes, seed=seed)

@@ -30,7 +30,7 @@ from braintumor.core.logs import get_logger
 from braintumor.core.rundir import read_json, staged_dir, timestamp
 from braintumor.results.cells import md_cell
 from braintumor.results.metrics import BOOTSTRAPPED, METRIC, METRICS, compute_metrics, mcnemar
-from braintumor.results.reports import read_predictions, write_csv
+from braintumor.results.reports import published_folder, read_predictions, write_csv
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
@@ -311,7 +311,7 @@ def _group_and_rank(results: list[Result], metric: str) -> dict[str, list[Result
 
     groups = {}
     for number, members in enumerate(sorted(by_files.values(), key=len, reverse=True), start=1):
-        splits = sorted({file.split("/")[0] for file in members[0].files if "/" in file})
+        splits = sorted({published_folder(file) for file in members[0].files} - {None})
         name = f"G{number} ({len(members[0].files)} images under {', '.join(splits) or '.'})"
         members = sorted(members, key=lambda result: (*score(result), result.label))
         for position, result in enumerate(members):

@@ -88,6 +88,13 @@ def write_predictions(
     ))
 
 
+def published_folder(file: str) -> str | None:
+    """The folder of the data root a predictions.csv file name starts with (Training, Testing), None for a name
+    without one: each published folder comes from its own sources."""
+    folder, sep, _ = file.partition("/")
+    return folder if sep else None
+
+
 def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """Inverse of write_predictions: (files, y_true indices, (N, C) probabilities, classes)."""
     try:
