@@ -101,6 +101,32 @@ def test_logits_from_the_features_give_the_models_own_probabilities(trained_run,
     assert np.abs(uncalibrated.probabilities - model.predict(images.astype(np.float32), verbose=0)).max() < 1e-6
 
 
+def test_scores_do_not_depend_on_the_dtype_policy_the_process_was_left_in(trained_run, synth_root):
+    """A bfloat16 run trained earlier in the same process (a sweep, a test session) once left its policy behind,
+    and the detector's pooling then ran in bfloat16: evaluate flagged other images than training had."""
+    import keras
+
+    images = np.stack([decode_image(f, 32, []) for f in sorted((synth_root / "Testing").glob("*/*.jpg"))])
+    before = load_scorer(Run(trained_run))(images)
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        after = load_scorer(Run(trained_run))(images)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert np.array_equal(before.ood_scores, after.ood_scores)
+    assert np.array_equal(before.probabilities, after.probabilities)
+
+
+def test_training_leaves_the_process_dtype_policy_as_it_found_it(write_config):
+    import keras
+
+    from braintumor.core.config import load_config
+    from braintumor.engine.train import run
+
+    run(load_config(write_config(train={"epochs": 1, "batch_size": 8, "precision": "mixed_bfloat16"})))
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+
+
 def test_ece_falls_on_the_validation_images_the_temperature_was_fitted_on(trained_run):
     from braintumor.engine.scoring import load_scorer
 

@@ -42,6 +42,7 @@ def test_defaults_and_overrides_are_typed():
     ({"train": {"epochs": True}}, "train.epochs = True must be of type int"),
     ({"augmentation": {"brightness": [2.0, 0.8]}}, "augmentation.brightness = [2.0, 0.8] is not allowed"),
     ({"data": {"preprocess": ["blur"]}}, "data.preprocess[0] = 'blur' is not allowed"),
+    ({"data": {"preprocess": ["standardize", "equalize"]}}, "standardize or equalize, not both"),
     ({"model": {"backbone": "inceptionv3"}, "data": {"image_size": 64}}, "below inceptionv3's minimum"),
     ({"model": {"backbone": "simple_cnn"}}, "model.weights = 'imagenet' is not allowed"),
     ({"data": "root"}, "data must be a mapping"),

@@ -124,6 +124,20 @@ def test_brain_crop_fills_the_frame_and_standardize_normalises_the_brain(tmp_pat
         decode_image(path, 64, ["brain-crop"])
 
 
+def test_equalize_spreads_the_brain_evenly_over_0_255_whatever_the_contrast_curve(tmp_path):
+    rng = np.random.default_rng(1)
+    scan = make_image("glioma_tumor", rng, 128)
+    for gamma in (0.8, 1.0, 1.6):  # three scanners' contrast curves
+        Image.fromarray((255 * (scan / 255.0) ** gamma).astype(np.uint8)).save(tmp_path / "scan.png")
+        inside = brain_mask(decode_image(tmp_path / "scan.png", 64, ["brain_crop"]).mean(axis=2))
+        equalized = decode_image(tmp_path / "scan.png", 64, ["brain_crop", "equalize"]).astype(float)
+        # near uniform (mean 127.5, std 73.6), short of it by the ties of a synthetic image
+        assert abs(equalized[inside].mean() - 127.5) < 15 and abs(equalized[inside].std() - 255 / 12 ** 0.5) < 10
+        assert (equalized[~inside] == 0).all()
+        quartiles = np.percentile(equalized[inside], [25, 50, 75])
+        assert np.all(np.abs(quartiles - [64, 128, 191]) < 25), quartiles
+
+
 def _scipy_brain_mask(gray):
     """brain_mask as it was written with scipy.ndimage, the reference for the numpy-only version."""
     labelled, count = ndimage.label(gray > max(10.0, 0.1 * float(np.percentile(gray, 99))))

@@ -38,7 +38,7 @@ MAX_NESTING = 32  # collections inside collections; deeper YAML overflows PyYAML
 MAX_VALUES = 100_000  # nodes counting each alias as a copy of its anchor: a 64 KB file without aliases holds < 33000
 
 Mode = Literal["feature-extraction", "fine-tune", "full"]
-Preprocess = Literal["brain_crop", "standardize"]
+Preprocess = Literal["brain_crop", "standardize", "equalize"]
 
 
 @dataclass
@@ -72,6 +72,8 @@ class DataConfig:
         check(self.classes is None or len(set(self.classes)) == len(self.classes) >= 2,
               "classes", "null (discover) or a list of at least two distinct folder names")
         check(len(set(self.preprocess)) == len(self.preprocess), "preprocess", "each step at most once")
+        check(not {"standardize", "equalize"} <= set(self.preprocess), "preprocess",
+              "standardize or equalize, not both (each normalises the brain's intensities)")
         check(0 < self.test_fraction < 0.5, "test_fraction", "a number above 0 and below 0.5")
         check(2 <= self.folds <= 20, "folds", "an integer from 2 to 20")
         check(0 <= self.fold < self.folds, "fold", f"an integer from 0 to {self.folds - 1} (data.folds - 1)")

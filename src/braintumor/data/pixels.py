@@ -1,5 +1,5 @@
 """How a braintumor model's input is made from an image file: decode, optional brain crop, resize,
-optional standardization, giving a (size, size, 3) uint8 RGB array in [0, 255].
+optional intensity normalisation (standardize or equalize), giving a (size, size, 3) uint8 RGB array in [0, 255].
 
 This is the one definition of decoding: training, evaluation and `braintumor predict` call
 `decode_image`, and `braintumor export` copies this file unchanged into every export folder (as
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-PREPROCESS_STEPS = ("brain_crop", "standardize")  # in the order decode_image applies them
+PREPROCESS_STEPS = ("brain_crop", "standardize", "equalize")  # in the order decode_image applies them
 # what a damaged, hostile or unsupported image file raises while it is opened or decoded
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
@@ -145,6 +145,16 @@ def standardize(rgb: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def equalize(rgb: np.ndarray) -> np.ndarray:
+    """Histogram equalisation over the brain (Pillow's ImageOps.equalize with the brain mask), the background
+    outside the mask set to 0: the brain's intensities spread evenly over 0-255 whatever the scanner's contrast
+    curve, where standardize matches only their mean and spread and keeps the histogram's shape."""
+    mask = brain_mask(rgb.mean(axis=2))
+    out = np.array(ImageOps.equalize(Image.fromarray(rgb), mask=Image.fromarray(mask)))
+    out[~mask] = 0
+    return out
+
+
 def decode_image(path: str | Path | IO[bytes], size: int, preprocess: list[str]) -> np.ndarray:
     """One image file → (size, size, 3) uint8 RGB in [0, 255], with the steps of `preprocess` applied."""
     with open_image(path) as image:
@@ -166,6 +176,8 @@ def prepare(rgb: np.ndarray, size: int, preprocess: list[str]) -> np.ndarray:
     rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
     if "standardize" in preprocess:
         rgb = standardize(rgb)
+    if "equalize" in preprocess:
+        rgb = equalize(rgb)
     return rgb
 
 
@@ -191,5 +203,9 @@ def describe_decoding(size: int, preprocess: list[str]) -> list[str]:
                      "deviation s of the per-pixel R, G, B mean inside the mask, each channel value v becomes "
                      "clip(127.5 + 42.5 (v - m) / (s + 1e-6), 0, 255) inside the mask and 0 outside, "
                      "truncated to uint8")
+    if "equalize" in preprocess:
+        steps.append("equalize: brain mask of the resized image as in brain_crop; Pillow's ImageOps.equalize(image, "
+                     "mask) (a lookup table per channel from the histogram of the pixels inside the mask), then 0 "
+                     "outside the mask")
     steps.append(f"the result is ({size}, {size}, 3) uint8 RGB; cast to float32 and stack to (N, {size}, {size}, 3)")
     return steps

@@ -78,13 +78,25 @@ class Prepared:
     precision_reason: str
 
 
+@contextlib.contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Layers built inside take the policy `name`; the process's own policy comes back after, so a run never changes
+    how the next model built in the same process (a sweep's next run, a scorer) computes."""
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
 def _prepare(cfg: Config, checkpoint: Path | None = None) -> Prepared:
     keras.utils.set_random_seed(cfg.seed)
     precision, precision_reason = resolve_precision(cfg.train.precision)
-    keras.mixed_precision.set_dtype_policy(precision)
     classes = find_classes(cfg.data)
     # the model first: a bad weights file fails in seconds, not after decoding the images
-    with distribution(cfg.train.distribution, cfg.train.devices).scope():  # variables live on every replica
+    with (distribution(cfg.train.distribution, cfg.train.devices).scope(),  # variables live on every replica
+          _dtype_policy(precision)):
         model = (load_saved(checkpoint, "checkpoint", "it is damaged or unsafe: start a new run with braintumor "
                             "train CONFIG") if checkpoint
                  else build_model(cfg.model, cfg.data.image_size, len(classes), cfg.data.channels))

@@ -53,7 +53,8 @@ def detector_model(model: keras.Model) -> keras.Model:
     backbone = backbone_of(model)
     feeding = model.layers[model.layers.index(backbone) - 1].output  # build_model's models are a chain of layers
     stages = keras.Model(backbone.inputs, [backbone.get_layer(name).output for name in stage_layers(backbone)])
-    pooled = [keras.layers.GlobalAveragePooling2D()(output) for output in stages(feeding)]
+    # float32 whatever dtype policy the process was left in: the same run must score the same image the same way
+    pooled = [keras.layers.GlobalAveragePooling2D(dtype="float32")(output) for output in stages(feeding)]
     return keras.Model(model.inputs, [*pooled, model.get_layer(FEATURES).output])
 
 
