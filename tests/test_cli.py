@@ -93,6 +93,28 @@ print("after", file=sys.stderr)
     assert "failed call to cuInit" in _python(code, "off").stderr  # what --debug shows
 
 
+def test_one_trace_per_model_is_not_reported_as_retracing_unless_debugging():
+    """Every Keras model's predict step has the same code, so TensorFlow took the first trace of each model of an
+    ensemble for a retrace of one function and warned on stderr from the fifth model on."""
+    code = r"""
+import sys
+import tensorflow as tf
+from braintumor.core.logs import setup_console
+setup_console(debug=sys.argv[1] == "debug")
+
+def model_step():
+    @tf.function(reduce_retracing=True)
+    def one_step(x):
+        return x * 2
+    return one_step
+
+for size in range(1, 9):
+    model_step()(tf.zeros((size,)))
+"""
+    assert "retracing" not in _python(code, "plain").stderr
+    assert "triggered tf.function retracing" in _python(code, "debug").stderr
+
+
 @pytest.mark.slow
 def test_quickstart_prints_no_tensorflow_line_before_ours_and_reaches_90_percent(tmp_path):
     """The newcomer's first command, as is, in a fresh folder: the first line on either stream is ours, the

@@ -27,13 +27,27 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def setup_console(debug: bool = False) -> None:
-    """Messages to stdout, plain; --debug adds DEBUG messages. Idempotent."""
+    """Messages to stdout, plain; --debug adds DEBUG messages and TensorFlow's retracing notices. Idempotent."""
     root = logging.getLogger(ROOT)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
         handler = _ConsoleHandler()
         handler.setFormatter(_ConsoleFormatter())
         root.addHandler(handler)
+    tensorflow = logging.getLogger("tensorflow")
+    for old in [f for f in tensorflow.filters if isinstance(f, _RetracingNotice)]:
+        tensorflow.removeFilter(old)
+    if not debug:
+        tensorflow.addFilter(_RetracingNotice())
+
+
+class _RetracingNotice(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning. It counts traces by the traced function's
+    code, which every Keras model's predict step shares, so scoring an ensemble or several runs in one process
+    warns about one trace per model: nothing a user can or should change."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
 
 
 class _ConsoleHandler(logging.StreamHandler):
