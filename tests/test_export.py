@@ -209,15 +209,15 @@ def test_the_onnx_export_folder_alone_reproduces_braintumor_predict_on_real_imag
     from braintumor.engine.train import run as train
 
     files = [str(f) for name in CLASSES for f in sorted((REAL_DATA / "Testing" / name).iterdir())[:5]]
-    preprocessed = train(load_config(write_config("crop", data={"image_size": 64,
-                                                                "preprocess": ["brain_crop", "standardize"]},
-                                                  train={"tensorboard": False})))  # as above: unread
+    preprocessed = [train(load_config(write_config(step, data={"image_size": 64, "preprocess": ["brain_crop", step]},
+                                                   train={"tensorboard": False})))  # as above: unread
+                    for step in ("standardize", "equalize")]
     stubs = _only_onnxruntime_numpy_pillow(tmp_path / "stubs")
     wrapper = tmp_path / "isolated.py"
     wrapper.write_text(ISOLATED)
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("not an image")
-    for run in (preprocessed, run_and_images[0]):
+    for run in (*preprocessed, run_and_images[0]):
         out = tmp_path / run.name
         assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(out)]) == 0
         folder = out / "onnx"
