@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from braintumor.cli import main
-from braintumor.core.config import AugmentationConfig, TrainConfig, load_config, save_config
-from braintumor.data.augment import augment_batch
+from braintumor.core.config import AugmentationConfig, Config, TrainConfig, load_config, save_config
+from braintumor.data.augment import augment_batch, mixup, training_dataset
 from braintumor.engine import optim
 
 STILL = AugmentationConfig(width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False, brightness=[1, 1])
@@ -47,7 +47,7 @@ def test_plateau_lowers_the_rate_when_validation_loss_stalls():
     cfg = TrainConfig(learning_rate=1e-5, schedule="plateau", plateau_patience=1, plateau_factor=0.1)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4, activation="softmax")])
-    model.compile(optimizer=optim.make_optimizer(cfg, steps_per_epoch=1), loss=optim.loss(cfg))
+    model.compile(optimizer=optim.make_optimizer(cfg, steps_per_epoch=1), loss=optim.loss(Config(train=cfg)))
     x, y = np.zeros((8, 2), np.float32), np.arange(8) % 4
     history = model.fit(x, y, validation_data=(x, y), epochs=4, verbose=0, callbacks=optim.schedule_callbacks(cfg))
     np.testing.assert_allclose(history.history["learning_rate"], [1e-5, 1e-5, 1e-6, 1e-7], rtol=1e-4)
@@ -65,12 +65,14 @@ def test_weight_decay_uses_decoupled_decay():
 
 
 def test_label_smoothing_spreads_the_targets():
-    cfg = TrainConfig(label_smoothing=0.2)
+    cfg = Config(train=TrainConfig(label_smoothing=0.2))
     targets = optim.targets(cfg, np.array([0, 2]), num_classes=4)
     probs = np.full((2, 4), 0.25, np.float32)
     expected = -np.sum(((1 - 0.2) * targets + 0.2 / 4) * np.log(probs), axis=1).mean()
     assert float(optim.loss(cfg)(targets, probs)) == pytest.approx(expected, rel=1e-5)
-    np.testing.assert_array_equal(optim.targets(TrainConfig(), np.array([0, 2]), 4), [0, 2])
+    np.testing.assert_array_equal(optim.targets(Config(), np.array([0, 2]), 4), [0, 2])
+    mixed = Config(augmentation=AugmentationConfig(enabled=True, mode="online", mixup=0.2))
+    np.testing.assert_array_equal(optim.targets(mixed, np.array([0, 2]), 4), np.eye(4)[[0, 2]])  # blended later
 
 
 # ---------------------------------------------------------------- augmentation extras
@@ -134,12 +136,67 @@ def test_blur_is_a_gaussian_of_the_given_sigma_drawn_per_image():
                                   _run(image, STILL))
 
 
+def test_mixup_blends_each_image_and_its_target_by_one_beta_weight():
+    from scipy import stats
+
+    count = 4000  # the weights of many images at once: their law is checked against Beta(0.2, 0.2)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0, 255, (count, 4, 4, 1)), tf.float32)
+    classes = rng.integers(0, 4, count)
+    targets = tf.constant(np.eye(4, dtype=np.float32)[classes])
+    mixed, soft = (x.numpy() for x in mixup(images, targets, tf.constant([3, 4], tf.int64), 0.2))
+    partner = slice(None, None, -1)  # the mirrored place of the batch
+    own, other = images.numpy(), images.numpy()[partner]
+    onehot = targets.numpy()
+    weight = ((mixed - other).reshape(count, -1) / (own - other).reshape(count, -1)).mean(axis=1)
+    np.testing.assert_allclose(mixed, weight[:, None, None, None] * own + (1 - weight[:, None, None, None]) * other,
+                               atol=1e-2)
+    np.testing.assert_allclose(soft, weight[:, None] * onehot + (1 - weight[:, None]) * onehot[partner],
+                               atol=1e-4)  # the target's blend is the image's
+    np.testing.assert_allclose(soft.sum(axis=1), 1, atol=1e-5)
+    assert stats.kstest(weight, stats.beta(0.2, 0.2).cdf).pvalue > 0.01
+    again = mixup(images, targets, tf.constant([3, 4], tf.int64), 0.2)[0].numpy()
+    np.testing.assert_array_equal(again, mixed)  # seeded
+
+
+def test_mixup_in_the_pipeline_blends_the_batches_it_would_have_drawn_without_it():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (12, 8, 8, 3)).astype(np.uint8)
+    onehot = np.eye(4, dtype=np.float32)[np.arange(12) % 4]
+    plain = dataclasses.replace(STILL, enabled=True, mode="online", rotation=20)
+    batches = {alpha: list(training_dataset(images, onehot, 6, 0, dataclasses.replace(plain, mixup=alpha),
+                                            epochs=range(2)).as_numpy_iterator()) for alpha in (0.0, 0.4)}
+    for (image, target), (mixed, soft) in zip(batches[0.0], batches[0.4], strict=True):
+        np.testing.assert_array_equal(target.max(axis=1), 1)  # unmixed: one-hot
+        assert (soft.max(axis=1) < 1 - 1e-3).any()
+        # where the partner's class differs, the share of the image's own class is its weight
+        differs = target.argmax(axis=1) != target[::-1].argmax(axis=1)
+        w = (soft * target).sum(axis=1)[differs][:, None, None, None]
+        np.testing.assert_allclose(mixed[differs], w * image[differs] + (1 - w) * image[::-1][differs], atol=1e-3)
+
+
+def test_a_run_with_mixup_trains_on_soft_targets(write_config, tmp_path):
+    cfg = write_config(augmentation={"enabled": True, "mode": "online", "mixup": 0.2}, train={"epochs": 2})
+    assert main(["train", str(cfg)]) == 0
+    (run,) = (tmp_path / "outputs").iterdir()
+    model = keras.models.load_model(run / "model.keras")
+    assert isinstance(model.loss, keras.losses.CategoricalCrossentropy)  # one-hot targets, blended in tf.data
+    assert load_config(run / "config.yaml").augmentation.mixup == 0.2
+    assert len(list(csv.DictReader((run / "history.csv").open()))) == 2
+
+
 @pytest.mark.parametrize(("key", "value"), [("zoom", [0, 1]), ("zoom", [1.2, 1.1]), ("rotation", 200),
                                             ("gamma", [1]), ("contrast", [-1, 1]), ("blur", [2, 1]),
-                                            ("blur", [0, 6])])
+                                            ("blur", [0, 6]), ("mixup", 1.5), ("mixup", 0.2)])
 def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
+    # mixup 0.2 is refused in the default offline mode: fixed copies cannot be blended batch by batch
     assert main(["validate", str(write_config(augmentation={"enabled": True, key: value}))]) == 2
     assert f"augmentation.{key}" in capsys.readouterr().err
+
+
+def test_mixup_with_augmentation_off_is_refused_not_ignored(write_config, capsys):
+    assert main(["validate", str(write_config(augmentation={"mode": "online", "mixup": 0.2}))]) == 2
+    assert "augmentation.mixup = 0.2 is not allowed; use 0 unless augmentation is enabled" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("key", "value"), [("schedule", "step"), ("warmup_epochs", 5), ("weight_decay", -1),

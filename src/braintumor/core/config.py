@@ -102,6 +102,9 @@ class AugmentationConfig:
     contrast: list[float] = field(default_factory=lambda: [1.0, 1.0])  # factor about each image's mean
     gamma: list[float] = field(default_factory=lambda: [1.0, 1.0])  # exponent on [0, 1] intensities
     blur: list[float] = field(default_factory=lambda: [0.0, 0.0])  # Gaussian sigma in pixels of the model input
+    # online only: each image and its target blended with another image of the batch, the weight drawn from
+    # Beta(mixup, mixup) (Zhang et al. 2018); 0: off
+    mixup: float = 0.0
 
     def validate(self, check: _Check) -> None:
         check(1 <= self.copies <= 20, "copies", "an integer from 1 to 20")
@@ -119,6 +122,9 @@ class AugmentationConfig:
         check(0 <= self.rotation <= 180, "rotation", "degrees from 0 to 180; 0 turns it off")
         check(len(self.blur) == 2 and 0 <= self.blur[0] <= self.blur[1] <= 5, "blur",
               "[low, high] sigma in pixels with 0 <= low <= high <= 5, e.g. [0, 1.5]; [0, 0] turns it off")
+        check(0 <= self.mixup <= 1, "mixup", "a Beta concentration from 0 to 1, e.g. 0.2; 0 turns it off")
+        check(self.mixup == 0 or (self.enabled and self.mode == "online"), "mixup",
+              "0 unless augmentation is enabled with mode online (the images of each batch are blended as drawn)")
 
 
 @dataclass

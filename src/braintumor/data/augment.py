@@ -17,7 +17,8 @@ Extras for MRI slices (off by default, so the study's configs keep the study's a
 the image mean), gamma (on [0, 1] intensities) and blur (a Gaussian of random sigma: scanners and
 exports differ in resolution, and sharpness must not tell the classes apart).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
-copies once, seeded (the study's 2870 → 5740). Validation and Testing images are never augmented.
+copies once, seeded (the study's 2870 → 5740). Online mode can also blend the images of each batch (mixup).
+Validation and Testing images are never augmented.
 """
 
 from __future__ import annotations
@@ -123,6 +124,21 @@ def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor
     return out
 
 
+def mixup(images: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixup (Zhang et al. 2018): each image and its one-hot target blended with those at the mirrored place
+    of the batch (a shuffled batch, so a random partner), with a weight drawn per image from Beta(alpha, alpha)."""
+    count = tf.shape(images)[:1]
+    first, second = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+    draw_a, draw_b = tf.random.stateless_gamma(count, first, alpha), tf.random.stateless_gamma(count, second, alpha)
+    weight = tf.math.divide_no_nan(draw_a, draw_a + draw_b)  # Beta(alpha, alpha) as a ratio of Gammas
+    mixed_images = _blend(images, tf.reverse(images, [0]), weight[:, None, None, None])
+    return mixed_images, _blend(targets, tf.reverse(targets, [0]), weight[:, None])
+
+
+def _blend(own: tf.Tensor, partner: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    return weight * own + (1.0 - weight) * partner
+
+
 def offline_copies(images: np.ndarray, labels: np.ndarray, files: list[str], cfg: AugmentationConfig,
                    classes: list[str], seed: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """`cfg.copies` augmented copies of every image, drawn once with `seed`; optionally saved as PNG."""
@@ -178,6 +194,7 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, se
                      online: AugmentationConfig | None, epochs: range = range(1)) -> tf.data.Dataset:
     """Shuffled batches of (float32 images, labels) for each epoch in `epochs` (see epoch_orders), with
     online transforms drawn from (seed, epoch, step). Fit it with steps_per_epoch = ceil(len(images) / batch_size).
+    With mixup, `labels` are one-hot rows (optim.targets), blended with their images.
     """
     images_t, labels_t = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
     base = tf.constant([seed, 1], tf.int64)
@@ -188,6 +205,9 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, se
             return tf.cast(batch, tf.float32), tf.gather(labels_t, indices)
         fold_in = tf.random.experimental.stateless_fold_in
         batch_seed = fold_in(fold_in(base, epoch), step)
-        return augment_batch(batch, batch_seed, online), tf.gather(labels_t, indices)
+        augmented, targets = augment_batch(batch, batch_seed, online), tf.gather(labels_t, indices)
+        if online.mixup:  # its own seed, so turning it on leaves every other draw as it was
+            return mixup(augmented, targets, fold_in(batch_seed, 3), online.mixup)
+        return augmented, targets
 
     return _fast(epoch_orders(len(images), batch_size, seed, epochs).map(load, num_parallel_calls=tf.data.AUTOTUNE))

@@ -6,6 +6,7 @@ label smoothing. Everything is a built-in Keras object, so checkpoints and model
 - `constant` and `plateau` keep a plain learning rate (ReduceLROnPlateau needs one); their warm-up is a
   per-epoch linear ramp from a callback. `plateau` multiplies the rate by `plateau_factor` after
   `plateau_patience` epochs without a lower validation loss.
+- Label smoothing and mixup need targets that are not one class: one-hot rows and the categorical loss.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from braintumor.core.config import TrainConfig
+from braintumor.core.config import Config, TrainConfig
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -48,16 +49,20 @@ def schedule_callbacks(cfg: TrainConfig) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
-def loss(cfg: TrainConfig) -> str | keras.losses.Loss:
-    """Sparse cross-entropy on class indices; with label smoothing, categorical on one-hot targets
-    (Keras' sparse loss has no smoothing)."""
-    if cfg.label_smoothing:
-        return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+def soft_targets(cfg: Config) -> bool:
+    """Whether the loss compares with one-hot rows (label smoothing, and mixup, which blends them) rather than
+    class indices (Keras' sparse loss has no smoothing and takes no blend)."""
+    return bool(cfg.train.label_smoothing) or cfg.augmentation.mixup > 0
+
+
+def loss(cfg: Config) -> str | keras.losses.Loss:
+    if soft_targets(cfg):
+        return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
     return "sparse_categorical_crossentropy"
 
 
-def targets(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """What the loss compares with: class indices, or one-hot rows when label smoothing is on."""
-    if cfg.label_smoothing:
+def targets(cfg: Config, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """What the loss compares with: one-hot rows where soft_targets, class indices otherwise."""
+    if soft_targets(cfg):
         return np.eye(num_classes, dtype=np.float32)[labels]
     return labels

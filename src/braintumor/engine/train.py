@@ -219,7 +219,7 @@ def _fit_and_report(cfg: Config, run: Run, prepared: Prepared, state: TrainingSt
     steps_per_epoch = math.ceil(len(labels) / cfg.train.batch_size)
     if not fit_model.compiled:  # a resumed model comes back compiled, with its optimizer state
         with strategy.scope():
-            fit_model.compile(optimizer=optim.make_optimizer(cfg.train, steps_per_epoch), loss=optim.loss(cfg.train),
+            fit_model.compile(optimizer=optim.make_optimizer(cfg.train, steps_per_epoch), loss=optim.loss(cfg),
                               metrics=["accuracy"], jit_compile=xla)
     if restore:
         fit_model.optimizer.build(fit_model.trainable_variables)
@@ -234,8 +234,8 @@ def _fit_and_report(cfg: Config, run: Run, prepared: Prepared, state: TrainingSt
     log.info(f"run directory: {run.path}")
     patience = cfg.train.early_stopping_patience
     if state.epoch < cfg.train.epochs and not state.stopped_early(patience):
-        targets = optim.targets(cfg.train, labels, len(data.classes))  # one-hot with label smoothing
-        val_targets = optim.targets(cfg.train, data.val.labels, len(data.classes))
+        targets = optim.targets(cfg, labels, len(data.classes))  # one-hot with label smoothing or mixup
+        val_targets = optim.targets(cfg, data.val.labels, len(data.classes))
         inputs, val_inputs = prefix_cache.fit_inputs(cfg, where, images, targets, data.val.images, val_targets,
                                                      epochs=range(state.epoch, cfg.train.epochs))
         steps = [History(state, stopper, run.history), BestWeights(state, stopper, run.checkpoints),
