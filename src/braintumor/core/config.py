@@ -106,6 +106,11 @@ class AugmentationConfig:
     # Beta(mixup, mixup) (Zhang et al. 2018); 0: off
     mixup: float = 0.0
 
+    @property
+    def online(self) -> bool:
+        """Whether transforms are drawn anew for every batch in tf.data (not fixed copies, not off)."""
+        return self.enabled and self.mode == "online"
+
     def validate(self, check: _Check) -> None:
         check(1 <= self.copies <= 20, "copies", "an integer from 1 to 20")
         for key in ("width_shift", "height_shift"):
@@ -123,7 +128,7 @@ class AugmentationConfig:
         check(len(self.blur) == 2 and 0 <= self.blur[0] <= self.blur[1] <= 5, "blur",
               "[low, high] sigma in pixels with 0 <= low <= high <= 5, e.g. [0, 1.5]; [0, 0] turns it off")
         check(0 <= self.mixup <= 1, "mixup", "a Beta concentration from 0 to 1, e.g. 0.2; 0 turns it off")
-        check(self.mixup == 0 or (self.enabled and self.mode == "online"), "mixup",
+        check(self.mixup == 0 or self.online, "mixup",
               "0 unless augmentation is enabled with mode online (the images of each batch are blended as drawn)")
 
 

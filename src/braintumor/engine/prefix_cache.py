@@ -67,7 +67,7 @@ def _config_reason(cfg: Config) -> str | None:
     """Why the configuration rules the cache out, or None."""
     if cfg.model.mode == "full":
         return "full mode trains every layer"
-    if cfg.augmentation.enabled and cfg.augmentation.mode == "online":
+    if cfg.augmentation.online:
         return "online augmentation changes the images every epoch"
     if not cfg.train.prefix_cache:
         return "train.prefix_cache is false"
@@ -153,7 +153,7 @@ def fit_inputs(cfg: Config, where: Cut, images: np.ndarray, labels: np.ndarray, 
     prefix is cached, its cached outputs."""
     batch = cfg.train.batch_size
     if where.suffix is None:
-        online = cfg.augmentation if cfg.augmentation.enabled and cfg.augmentation.mode == "online" else None
+        online = cfg.augmentation if cfg.augmentation.online else None
         return (augment.training_dataset(images, labels, batch, cfg.seed, online, epochs),
                 (val_images.astype(np.float32), val_labels))
     cache_dir = Path(cfg.data.cache_dir).expanduser()
