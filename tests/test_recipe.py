@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from braintumor.cli import main
 from braintumor.core.config import AugmentationConfig, Config, TrainConfig, load_config, save_config
-from braintumor.data.augment import augment_batch, mixup, training_dataset
+from braintumor.data.augment import augment_batch, histogram_shift, mixup, training_dataset
 from braintumor.engine import optim
 
 STILL = AugmentationConfig(width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False, brightness=[1, 1])
@@ -136,6 +136,22 @@ def test_blur_is_a_gaussian_of_the_given_sigma_drawn_per_image():
                                   _run(image, STILL))
 
 
+def test_histogram_shift_remaps_gray_levels_by_one_increasing_curve_per_image():
+    ramp = np.tile(np.arange(256, dtype=np.float32), (6, 1))[:, None, :, None]  # every gray level, 6 images
+    out = histogram_shift(tf.constant(ramp), tf.constant([7, 8], tf.int64), points=6).numpy()[:, 0, :, 0]
+    np.testing.assert_allclose(out[:, [0, -1]], [[0, 255]] * 6, atol=1e-3)  # black stays black, white white
+    assert (np.diff(out, axis=1) >= -1e-3).all()  # order of gray levels kept
+    assert np.abs(out - ramp[:, 0, :, 0]).max() > 10  # but their spacing moved
+    assert np.ptp(out[:, 128]) > 5  # one curve per image, not one per batch
+    knots = np.arange(0, 256, 51)  # the control points: 255 * k / 5, whole gray levels
+    for row in out:  # linear between them
+        np.testing.assert_allclose(row, np.interp(np.arange(256), knots, row[knots]), atol=1e-2)
+    image = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    shifted = _run(image, dataclasses.replace(STILL, histogram_shift=5))
+    assert not np.allclose(shifted, image)
+    np.testing.assert_array_equal(_run(image, STILL), image)  # 0 is off
+
+
 def test_mixup_blends_each_image_and_its_target_by_one_beta_weight():
     from scipy import stats
 
@@ -187,7 +203,8 @@ def test_a_run_with_mixup_trains_on_soft_targets(write_config, tmp_path):
 
 @pytest.mark.parametrize(("key", "value"), [("zoom", [0, 1]), ("zoom", [1.2, 1.1]), ("rotation", 200),
                                             ("gamma", [1]), ("contrast", [-1, 1]), ("blur", [2, 1]),
-                                            ("blur", [0, 6]), ("mixup", 1.5), ("mixup", 0.2)])
+                                            ("blur", [0, 6]), ("histogram_shift", 2),
+                                            ("histogram_shift", 40), ("mixup", 1.5), ("mixup", 0.2)])
 def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
     # mixup 0.2 is refused in the default offline mode: fixed copies cannot be blended batch by batch
     assert main(["validate", str(write_config(augmentation={"enabled": True, key: value}))]) == 2

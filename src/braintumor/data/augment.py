@@ -14,8 +14,10 @@ How the study's Keras ImageDataGenerator parameters map:
   RandomBrightness is additive, so it is not used.
 Extras for MRI slices (off by default, so the study's configs keep the study's augmentation): zoom
 (factor range, > 1 enlarges: a random resized crop), rotation (± degrees), contrast (factor about
-the image mean), gamma (on [0, 1] intensities) and blur (a Gaussian of random sigma: scanners and
-exports differ in resolution, and sharpness must not tell the classes apart).
+the image mean), gamma (on [0, 1] intensities), blur (a Gaussian of random sigma: scanners and
+exports differ in resolution, and sharpness must not tell the classes apart) and histogram shift (a random
+monotone remapping of intensities, as MONAI's RandHistogramShift: other sequences and scanners order the same
+tissues alike but space their gray levels differently).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
 copies once, seeded (the study's 2870 → 5740). Online mode can also blend the images of each batch (mixup).
 Validation and Testing images are never augmented.
@@ -100,6 +102,31 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
     gamma = extra_uniform(3, *cfg.gamma, off=1.0, extra_dims=3)
     if gamma is not None:
         out = 255.0 * tf.pow(out / 255.0, gamma)
+    if cfg.histogram_shift:  # its own seed, as blur
+        out = histogram_shift(out, tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 4),
+                              cfg.histogram_shift)
+    return out
+
+
+def histogram_shift(images: tf.Tensor, seed: tf.Tensor, points: int) -> tf.Tensor:
+    """Each image's [0, 255] intensities mapped through its own random increasing piecewise-linear curve with
+    `points` control points at even gray levels (MONAI's RandHistogramShift). The ends stay fixed, so black
+    background stays black; from left to right each inner point is drawn uniformly between its new left neighbour
+    and its old right one, so the curve never decreases."""
+    shape = tf.shape(images)
+    batch = shape[0]
+    even = tf.linspace(0.0, 1.0, points)
+    draws = tf.random.stateless_uniform([batch, points], seed)
+    curve = [tf.zeros([batch])]
+    for index in range(1, points - 1):
+        curve.append(curve[-1] + draws[:, index] * (even[index + 1] - curve[-1]))
+    curve = tf.stack(curve + [tf.ones([batch])], axis=1)  # (B, points)
+    position = tf.reshape(images, [batch, -1]) / 255.0 * (points - 1)
+    segment = tf.clip_by_value(tf.floor(position), 0.0, points - 2.0)
+    left = tf.cast(segment, tf.int32)
+    low, high = tf.gather(curve, left, batch_dims=1), tf.gather(curve, left + 1, batch_dims=1)
+    out = tf.reshape(255.0 * (low + (position - segment) * (high - low)), shape)
+    out.set_shape(images.shape)
     return out
 
 
