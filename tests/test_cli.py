@@ -197,7 +197,8 @@ def test_no_command_prints_tensorflow_start_up_lines(tmp_path, synth_root, train
         "sweep-task": ["sweep", "--task", str(next(tmp_path.glob("sweep-tiny-*"))), "0"],  # trains one tiny run
         "evaluate": ["evaluate", "--run", run_dir, "--out", str(tmp_path / "eval")],
         "predict": ["predict", "--run", run_dir, str(synth_root / "Testing")],
-        "export": ["export", "--run", run_dir, "--format", "savedmodel", "--out", str(tmp_path / "saved_model")],
+        **{f"export-{fmt}": ["export", "--run", run_dir, "--format", fmt, "--out", str(tmp_path / "export")]
+           for fmt in ("savedmodel", "onnx", "tflite")},
     }.items()}
     try:
         deadline = time.monotonic() + 300
@@ -213,3 +214,7 @@ def test_no_command_prints_tensorflow_start_up_lines(tmp_path, synth_root, train
     for name in ["serve", *others]:
         chatter = [line for line in (tmp_path / f"{name}.err").read_text().splitlines() if CHATTER.match(line)]
         assert not chatter, f"{name}: {chatter}"
+    for fmt in ("savedmodel", "onnx", "tflite"):  # nothing but the check's progress bar: no converter warnings
+        lines = (tmp_path / f"export-{fmt}.err").read_text().replace("\r", "\n").splitlines()
+        assert [line for line in lines if line.strip() and not line.startswith("checking ")] == [], fmt
+        assert (tmp_path / "export" / fmt / "model_card.json").is_file()

@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from braintumor.core.atomic import remove_dead_partials, write_bytes, write_json
 from braintumor.core.backbones import BACKBONES
 from braintumor.core.config import Config
 from braintumor.core.errors import UserError, describe
+from braintumor.core.logs import native_stderr_filtered
 from braintumor.core.run import Run
 from braintumor.data import pixels
 from braintumor.data.dataset import load_split
@@ -272,8 +274,9 @@ def _onnx_metadata(path: Path, cfg: Config, classes: list[str]) -> None:
     onnx.save(proto, str(path))
 
 
-def export_run(run: Run, fmt: str, out: Path | None = None) -> Path:
-    """Write the export folder `out`/<format> (default RUN_DIR/export/<format>) in one rename; return it."""
+def export_run(run: Run, fmt: str, out: Path | None = None, debug: bool = False) -> Path:
+    """Write the export folder `out`/<format> (default RUN_DIR/export/<format>) in one rename; return it.
+    `debug`: let the converters' and runtimes' own warnings through."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
     _check_dependencies(fmt)
@@ -290,7 +293,10 @@ def export_run(run: Run, fmt: str, out: Path | None = None) -> Path:
     try:
         with rundir.staged_dir(dest) as work:
             try:
-                exported.export(str(work / FORMATS[fmt].file), format=FORMATS[fmt].keras_format, verbose=False)
+                with warnings.catch_warnings():
+                    if not debug:  # Keras' bundled tf2onnx probes `np.object` on import, which numpy 2 warns about
+                        warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
+                    exported.export(str(work / FORMATS[fmt].file), format=FORMATS[fmt].keras_format, verbose=False)
             except Exception as err:  # converters raise many types; the model is fine, the conversion is not
                 raise UserError(f"export to {fmt} failed ({describe(err)}); try another --format, or run with "
                                 "--debug and report the error") from err
@@ -299,7 +305,8 @@ def export_run(run: Run, fmt: str, out: Path | None = None) -> Path:
                 _onnx_metadata(work / FORMATS[fmt].file, cfg, classes)
                 write_bytes(work / PREDICT_SCRIPT, Path(importlib.util.find_spec(PREDICT_SOURCE).origin).read_bytes())
             try:
-                runner, batch_size, interface = RUNTIMES[fmt](work / FORMATS[fmt].file)
+                with native_stderr_filtered(enabled=not debug):  # LiteRT announces its CPU delegate on stderr
+                    runner, batch_size, interface = RUNTIMES[fmt](work / FORMATS[fmt].file)
             except Exception as err:  # a runtime that cannot load the converted model raises its own types
                 raise UserError(f"the {fmt} conversion gave a model its runtime cannot load ({describe(err)}); "
                                 "try another --format, or run with --debug and report the error") from err

@@ -17,8 +17,10 @@ from typing import TextIO
 ROOT = "braintumor"
 # TensorFlow's C++ start-up lines: absl's "before InitializeLog" notice and glog-style lines such as
 # "I0000 00:00:1795782102.672107  7662 port.cc:153] oneDNN custom operations are on"
+# and LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." when a .tflite is loaded
 _NATIVE_CHATTER = re.compile(
-    rb"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\])")
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)")
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -26,4 +26,4 @@ def run(args: argparse.Namespace) -> None:
     start_tensorflow(args.debug)
     from braintumor.apps import export
 
-    export.export_run(run, args.format, out=Path(args.out) if args.out else None)
+    export.export_run(run, args.format, out=Path(args.out) if args.out else None, debug=args.debug)
