@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from braintumor.cli import main
 from braintumor.core.config import AugmentationConfig, Config, TrainConfig, load_config, save_config
-from braintumor.data.augment import augment_batch, histogram_shift, mixup, training_dataset
+from braintumor.data.augment import augment_batch, bias_field, histogram_shift, mixup, training_dataset
 from braintumor.engine import optim
 
 STILL = AugmentationConfig(width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False, brightness=[1, 1])
@@ -152,6 +152,26 @@ def test_histogram_shift_remaps_gray_levels_by_one_increasing_curve_per_image():
     np.testing.assert_array_equal(_run(image, STILL), image)  # 0 is off
 
 
+def test_bias_field_multiplies_each_image_by_its_own_smooth_field():
+    image = np.full((4, 32, 32, 1), 50, np.uint8)
+    image[:, :4] = 0  # background
+    out = _run(image, dataclasses.replace(STILL, bias_field=0.2))
+    np.testing.assert_array_equal(out[:, :4], 0)  # black stays black
+    log_field = np.log(out[:, 4:, :, 0] / 50.0)
+    assert log_field.min() < -0.05 and log_field.max() > 0.05
+    # smooth: a polynomial of degree 3 in y and in x over the image, nothing finer
+    y, x = np.meshgrid(np.linspace(-1, 1, 32)[4:], np.linspace(-1, 1, 32), indexing="ij")
+    basis = np.polynomial.legendre.legvander2d(y.ravel(), x.ravel(), [3, 3])
+    for one in log_field:
+        fit = basis @ np.linalg.lstsq(basis, one.ravel(), rcond=None)[0]
+        np.testing.assert_allclose(fit, one.ravel(), atol=1e-4)
+    assert np.ptp(log_field[:, 10, 16]) > 0.02  # one field per image, not one per batch
+    fields = bias_field(tf.constant(400), 16, 16, tf.constant([1, 2], tf.int64), 0.2).numpy()
+    assert 0.7 < np.percentile(fields, 5) < 0.8 and 1.25 < np.percentile(fields, 95) < 1.45  # as the key documents
+    np.testing.assert_allclose(np.log(fields).mean(), 0, atol=0.02)  # as often darker as brighter
+    np.testing.assert_array_equal(_run(image, dataclasses.replace(STILL, bias_field=0.0)), image)  # 0 is off
+
+
 def test_mixup_blends_each_image_and_its_target_by_one_beta_weight():
     from scipy import stats
 
@@ -204,7 +224,8 @@ def test_a_run_with_mixup_trains_on_soft_targets(write_config, tmp_path):
 @pytest.mark.parametrize(("key", "value"), [("zoom", [0, 1]), ("zoom", [1.2, 1.1]), ("rotation", 200),
                                             ("gamma", [1]), ("contrast", [-1, 1]), ("blur", [2, 1]),
                                             ("blur", [0, 6]), ("histogram_shift", 2),
-                                            ("histogram_shift", 40), ("mixup", 1.5), ("mixup", 0.2)])
+                                            ("histogram_shift", 40), ("bias_field", -0.1), ("bias_field", 2),
+                                            ("mixup", 1.5), ("mixup", 0.2)])
 def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
     # mixup 0.2 is refused in the default offline mode: fixed copies cannot be blended batch by batch
     assert main(["validate", str(write_config(augmentation={"enabled": True, key: value}))]) == 2

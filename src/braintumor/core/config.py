@@ -104,6 +104,9 @@ class AugmentationConfig:
     blur: list[float] = field(default_factory=lambda: [0.0, 0.0])  # Gaussian sigma in pixels of the model input
     # control points of a random increasing intensity curve per image (MONAI's RandHistogramShift); 0: off
     histogram_shift: int = 0
+    # largest |coefficient| of a random smooth log-intensity field per image (degree-3 Legendre polynomials,
+    # MONAI's RandBiasField); at 0.2, 90 % of pixels are scaled by 0.73-1.37; 0: off
+    bias_field: float = 0.0
     # online only: each image and its target blended with another image of the batch, the weight drawn from
     # Beta(mixup, mixup) (Zhang et al. 2018); 0: off
     mixup: float = 0.0
@@ -131,6 +134,8 @@ class AugmentationConfig:
               "[low, high] sigma in pixels with 0 <= low <= high <= 5, e.g. [0, 1.5]; [0, 0] turns it off")
         check(self.histogram_shift == 0 or 3 <= self.histogram_shift <= 32, "histogram_shift",
               "a number of control points from 3 to 32, e.g. 10; 0 turns it off")
+        check(0 <= self.bias_field <= 1, "bias_field",
+              "the largest coefficient from 0 to 1, e.g. 0.2; 0 turns it off")
         check(0 <= self.mixup <= 1, "mixup", "a Beta concentration from 0 to 1, e.g. 0.2; 0 turns it off")
         check(self.mixup == 0 or self.online, "mixup",
               "0 unless augmentation is enabled with mode online (the images of each batch are blended as drawn)")

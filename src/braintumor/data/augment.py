@@ -17,7 +17,8 @@ Extras for MRI slices (off by default, so the study's configs keep the study's a
 the image mean), gamma (on [0, 1] intensities), blur (a Gaussian of random sigma: scanners and
 exports differ in resolution, and sharpness must not tell the classes apart) and histogram shift (a random
 monotone remapping of intensities, as MONAI's RandHistogramShift: other sequences and scanners order the same
-tissues alike but space their gray levels differently).
+tissues alike but space their gray levels differently) and bias field (a smooth multiplicative intensity field, as
+MONAI's RandBiasField: receive coils make one side of a slice brighter, and by how much differs by scanner).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
 copies once, seeded (the study's 2870 → 5740). Online mode can also blend the images of each batch (mixup).
 Validation and Testing images are never augmented.
@@ -94,6 +95,9 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
         moved = gaussian_blur(moved, sigma, radius=math.ceil(3 * cfg.blur[1]))
     low, high = cfg.brightness
     out = moved * uniform(4, low, high, extra_dims=3)
+    if cfg.bias_field:  # its own seed, as blur
+        out = out * bias_field(batch, images.shape[1], images.shape[2], tf.random.experimental.stateless_fold_in(
+            tf.cast(seed, tf.int64), 5), cfg.bias_field)[..., None]
     contrast = extra_uniform(2, *cfg.contrast, off=1.0, extra_dims=3)
     if contrast is not None:  # about each image's own mean, as tf.image.adjust_contrast
         mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
@@ -128,6 +132,19 @@ def histogram_shift(images: tf.Tensor, seed: tf.Tensor, points: int) -> tf.Tenso
     out = tf.reshape(255.0 * (low + (position - segment) * (high - low)), shape)
     out.set_shape(images.shape)
     return out
+
+
+def bias_field(batch: tf.Tensor, height: int, width: int, seed: tf.Tensor, largest: float,
+               degree: int = 3) -> tf.Tensor:
+    """One smooth field (B, H, W) per image: exp of a sum of Legendre products P_i(y) P_j(x), i + j <= `degree`,
+    over [-1, 1]², each coefficient uniform in [-largest, largest] (MONAI's RandBiasField, whose coefficients are
+    all positive; here a field brightens or darkens either side)."""
+    along_y = np.polynomial.legendre.legvander(np.linspace(-1, 1, height), degree)  # (H, degree + 1)
+    along_x = np.polynomial.legendre.legvander(np.linspace(-1, 1, width), degree)
+    basis = np.stack([np.outer(along_y[:, i], along_x[:, j])
+                      for i in range(degree + 1) for j in range(degree + 1 - i)]).astype(np.float32)
+    coefficients = tf.random.stateless_uniform([batch, len(basis)], seed, -largest, largest)
+    return tf.exp(tf.einsum("bt,thw->bhw", coefficients, tf.constant(basis)))
 
 
 def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
