@@ -290,6 +290,11 @@ def test_sweep_folds_trains_every_fold_and_compare_pools_them(twin_root: Path, t
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (again["n"], again["accuracy"]) == (metrics["n"], pytest.approx(metrics["accuracy"]))
     assert main(["evaluate", "--run", str(folder.path), "--split", "Testing"]) == 2
+    # so does export's check of the converted model: not the Testing folder the fold partly trained on
+    assert main(["export", "--run", str(folder.path), "--format", "savedmodel", "--out", str(tmp_path / "exp")]) == 0
+    check = json.loads((tmp_path / "exp" / "savedmodel" / "model_card.json").read_text())["check"]
+    assert (check["split"], check["images"]) == ("test", metrics["n"])
+    assert check["model_keras_accuracy"] == pytest.approx(metrics["accuracy"])
 
     out = tmp_path / "cmp"
     assert main(["compare", str(sweep_dir), "--out", str(out)]) == 0

@@ -4,7 +4,7 @@ Each export is one folder, RUN_DIR/export/<format>/ (or DIR/<format>/ with --out
 - the model (Keras' own `model.export`: tf2onnx for ONNX, the TFLite converter for "litert"),
 - model_card.json: how to feed it (decoding step by step, preprocessing, tensor names), the classes in
   output order, the intended use, and a check of the exported model in its own runtime against the
-  run's model.keras on the run's Testing images,
+  run's model.keras on the run's test images (Testing, or its own test part under a grouped protocol),
 - decode.py: the package's own decoding (data/pixels.py, copied unchanged; numpy + Pillow only),
 - for ONNX, predict.py: a reference classifier needing only onnxruntime, numpy and Pillow.
 The folder is built as a hidden `.<format>.partial-*` sibling and renamed into place once, so a model
@@ -42,7 +42,7 @@ from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import native_stderr_filtered
 from braintumor.core.run import Run
 from braintumor.data import pixels
-from braintumor.data.dataset import load_split
+from braintumor.engine.evaluate import default_split, load_run_split
 from braintumor.engine.scoring import PREDICT_BATCH, Scorer, load_scorer
 from braintumor.models.build import computing_layers, float32_model, with_temperature
 
@@ -167,32 +167,35 @@ def _compute_dtype(model: keras.Model) -> str:
     return policies[0] if policies else "float32"
 
 
-def _testing_split(cfg: Config, classes: list[str]):
-    """The run's Testing split, decoded as the run decodes; None and the reason when it cannot be read."""
+def _test_part(run: Run, cfg: Config, classes: list[str]):
+    """The images the run is scored on (its test part: Testing, or split.csv's under a grouped protocol, whose
+    Testing folder it partly trained on), decoded as the run decodes; None and the reason when they cannot be read."""
     data_cfg = dataclasses.replace(cfg.data, make_synthetic_if_missing=False)
     try:
-        return load_split(data_cfg, cfg.data.test_dir, classes)[0], None
+        return load_run_split(run, data_cfg, classes, default_split(run)), None
     except UserError as err:
         return None, str(err)
 
 
-def _check(run: Runner, batch_size: int, fmt: str, scorer: Scorer, cfg: Config, classes: list[str]) -> dict:
-    """The exported model, run in its own runtime on the run's Testing images, against model.keras and the run's
-    calibration (the probabilities braintumor predict gives)."""
-    split, reason = _testing_split(cfg, classes)
+def _check(run: Runner, batch_size: int, fmt: str, scorer: Scorer, source: Run, cfg: Config,
+           classes: list[str]) -> dict:
+    """The exported model, run in its own runtime on the `source` run's test images, against model.keras and the
+    run's calibration (the probabilities braintumor predict gives)."""
+    split_name = default_split(source)
+    split, reason = _test_part(source, cfg, classes)
     if split is None or not split.files:
-        return {"checked": False, "reason": f"the run's {cfg.data.test_dir} images could not be read: "
+        return {"checked": False, "reason": f"the run's {split_name} images could not be read: "
                                             f"{reason or 'none is readable'}"}
     model = scorer.model
     expected = scorer(split.images).probabilities
     got = [run(split.images[start:start + batch_size].astype(np.float32))
-           for start in tqdm(range(0, len(split.files), batch_size), desc=f"checking {fmt} on {cfg.data.test_dir}",
+           for start in tqdm(range(0, len(split.files), batch_size), desc=f"checking {fmt} on {split_name}",
                              unit="batch", leave=False)]
     probs = np.concatenate(got).astype(np.float64)
     dtype = _compute_dtype(model)
     check = {
         "checked": True,
-        "split": cfg.data.test_dir,
+        "split": split_name,
         "data_root": str(Path(cfg.data.root).expanduser().resolve()),
         "images": len(split.files),
         "accuracy": float((probs.argmax(axis=1) == split.labels).mean()),
@@ -310,7 +313,7 @@ def export_run(run: Run, fmt: str, out: Path | None = None, debug: bool = False)
             except Exception as err:  # a runtime that cannot load the converted model raises its own types
                 raise UserError(f"the {fmt} conversion gave a model its runtime cannot load ({describe(err)}); "
                                 "try another --format, or run with --debug and report the error") from err
-            check = _check(runner, batch_size, fmt, scorer, cfg, classes)
+            check = _check(runner, batch_size, fmt, scorer, run, cfg, classes)
             write_json(work / CARD, model_card(run, cfg, classes, fmt, scorer, interface, check))
     except OSError as err:
         if dest.exists():  # another export of this format finished first

@@ -133,7 +133,7 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str | None = No
     """`braintumor evaluate`: metrics of a run's saved model on one split (by default its test part: Testing under
     the official protocol, split.csv's test part under a grouped one); returns the output folder."""
     cfg, classes, protocol = run.read_config(), run.classes(), run.protocol()
-    split = split or ("test" if protocol != "official" else cfg.data.test_dir)
+    split = split or default_split(run)
     if protocol != "official" and split in (cfg.data.train_dir, cfg.data.test_dir):
         raise UserError(f"this run trained under protocol {protocol}, on images of both {cfg.data.train_dir} and "
                         f"{cfg.data.test_dir}, so its {split} scores would count trained images; use --split test "
@@ -144,17 +144,7 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str | None = No
     data_cfg = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root,
                                    make_synthetic_if_missing=False)
     scorer = load_scorer(run)
-    if split in ("validation", "test"):  # a grouped protocol draws these images from both folders
-        chosen = load_split(data_cfg, data_cfg.train_dir, classes)[0] + load_split(data_cfg, data_cfg.test_dir,
-                                                                                   classes)[0]
-        if split == "validation":
-            wanted = set(run.validation_files())
-        else:  # the split file's reader also checks that each image still has the content the run trained beside
-            sides = splits.read_split_file(run.split, Path(data_cfg.root))
-            wanted = {file for file, (side, _) in sides.items() if side == splits.TEST}
-        chosen = chosen.subset(np.array([i for i, f in enumerate(chosen.files) if f in wanted], dtype=int))
-    else:
-        chosen, _, _, _ = load_split(data_cfg, split, classes)
+    chosen = load_run_split(run, data_cfg, classes, split)
     dest = Evaluation(out_dir) if out_dir else run.new_evaluation(split)
     with rundir.staged_dir(dest.path) as tmp, logs.log_to_file(Evaluation(tmp).log):
         _evaluate_split([scorer], chosen, classes, tmp, cfg.seed,
@@ -162,6 +152,26 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str | None = No
                         tta=tta, leak_free=leak_free)
     log.info(f"written to {dest.path}")
     return dest.path
+
+
+def default_split(run: Run) -> str:
+    """The images a run is scored on unless told otherwise: its test part, which under a grouped protocol is
+    split.csv's (from both published folders) and under the official one the Testing folder."""
+    return "test" if run.protocol() != "official" else run.read_config().data.test_dir
+
+
+def load_run_split(run: Run, data_cfg: DataConfig, classes: list[str], split: str) -> Split:
+    """The decoded images of `split` for a run: a folder under the data root, or the run's own `validation` or
+    `test` part, which a grouped protocol draws from both published folders."""
+    if split not in ("validation", "test"):
+        return load_split(data_cfg, split, classes)[0]
+    both = load_split(data_cfg, data_cfg.train_dir, classes)[0] + load_split(data_cfg, data_cfg.test_dir, classes)[0]
+    if split == "validation":
+        wanted = set(run.validation_files())
+    else:  # the split file's reader also checks that each image still has the content the run trained beside
+        sides = splits.read_split_file(run.split, Path(data_cfg.root))
+        wanted = {file for file, (side, _) in sides.items() if side == splits.TEST}
+    return both.subset(np.array([i for i, f in enumerate(both.files) if f in wanted], dtype=int))
 
 
 def evaluate_ensemble(runs: list[Run], split: str | None = None, out_dir: Path | None = None,
