@@ -172,6 +172,19 @@ def test_bias_field_multiplies_each_image_by_its_own_smooth_field():
     np.testing.assert_array_equal(_run(image, dataclasses.replace(STILL, bias_field=0.0)), image)  # 0 is off
 
 
+def test_noise_is_gaussian_gray_inside_the_brain_with_one_level_per_image():
+    image = np.full((8, 32, 32, 3), 120, np.uint8)
+    image[:, :, :8] = 0  # background
+    out = _run(image, dataclasses.replace(STILL, noise=10.0))
+    np.testing.assert_array_equal(out[:, :, :8], 0)  # black stays black
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])  # gray stays gray
+    residual = out[:, :, 8:, 0] - 120.0
+    np.testing.assert_allclose(residual.mean(), 0, atol=0.3)
+    levels = residual.reshape(8, -1).std(axis=1)
+    assert levels.max() < 10.5 and levels.max() > 2 * levels.min()  # one sigma per image, at most the key's
+    np.testing.assert_array_equal(_run(image, dataclasses.replace(STILL, noise=0.0)), image)  # 0 is off
+
+
 def test_mixup_blends_each_image_and_its_target_by_one_beta_weight():
     from scipy import stats
 
@@ -225,6 +238,7 @@ def test_a_run_with_mixup_trains_on_soft_targets(write_config, tmp_path):
                                             ("gamma", [1]), ("contrast", [-1, 1]), ("blur", [2, 1]),
                                             ("blur", [0, 6]), ("histogram_shift", 2),
                                             ("histogram_shift", 40), ("bias_field", -0.1), ("bias_field", 2),
+                                            ("noise", -1), ("noise", 60),
                                             ("mixup", 1.5), ("mixup", 0.2)])
 def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
     # mixup 0.2 is refused in the default offline mode: fixed copies cannot be blended batch by batch

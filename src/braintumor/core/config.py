@@ -107,6 +107,9 @@ class AugmentationConfig:
     # largest |coefficient| of a random smooth log-intensity field per image (degree-3 Legendre polynomials,
     # MONAI's RandBiasField); at 0.2, 90 % of pixels are scaled by 0.73-1.37; 0: off
     bias_field: float = 0.0
+    # Gaussian noise on [0, 255] intensities inside the brain, its standard deviation drawn per image from [0, noise]
+    # (MONAI's RandGaussianNoise): sources differ in noise level; 0: off
+    noise: float = 0.0
     # online only: each image and its target blended with another image of the batch, the weight drawn from
     # Beta(mixup, mixup) (Zhang et al. 2018); 0: off
     mixup: float = 0.0
@@ -136,6 +139,8 @@ class AugmentationConfig:
               "a number of control points from 3 to 32, e.g. 10; 0 turns it off")
         check(0 <= self.bias_field <= 1, "bias_field",
               "the largest coefficient from 0 to 1, e.g. 0.2; 0 turns it off")
+        check(0 <= self.noise <= 50, "noise", "the largest standard deviation from 0 to 50 gray levels, e.g. 8; "
+              "0 turns it off")
         check(0 <= self.mixup <= 1, "mixup", "a Beta concentration from 0 to 1, e.g. 0.2; 0 turns it off")
         check(self.mixup == 0 or self.online, "mixup",
               "0 unless augmentation is enabled with mode online (the images of each batch are blended as drawn)")

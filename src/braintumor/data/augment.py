@@ -18,7 +18,8 @@ the image mean), gamma (on [0, 1] intensities), blur (a Gaussian of random sigma
 exports differ in resolution, and sharpness must not tell the classes apart) and histogram shift (a random
 monotone remapping of intensities, as MONAI's RandHistogramShift: other sequences and scanners order the same
 tissues alike but space their gray levels differently) and bias field (a smooth multiplicative intensity field, as
-MONAI's RandBiasField: receive coils make one side of a slice brighter, and by how much differs by scanner).
+MONAI's RandBiasField: receive coils make one side of a slice brighter, and by how much differs by scanner) and
+noise (Gaussian, of a standard deviation drawn per image, inside the brain: sources differ in noise level).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
 copies once, seeded (the study's 2870 → 5740). Online mode can also blend the images of each batch (mixup).
 Validation and Testing images are never augmented.
@@ -106,6 +107,13 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
     gamma = extra_uniform(3, *cfg.gamma, off=1.0, extra_dims=3)
     if gamma is not None:
         out = 255.0 * tf.pow(out / 255.0, gamma)
+    if cfg.noise:  # its own seed, as blur; on nonzero pixels only, so the background stays black as after brain_crop
+        keys = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(
+            tf.cast(seed, tf.int64), 6), 2)
+        sigma = tf.random.stateless_uniform([batch, 1, 1, 1], keys[0], 0.0, cfg.noise)
+        gray = tf.concat([tf.shape(out)[:3], [1]], axis=0)  # one draw for R, G and B: a gray slice stays gray
+        noisy = out + sigma * tf.random.stateless_normal(gray, keys[1])
+        out = tf.where(out > 0, tf.clip_by_value(noisy, 0.0, 255.0), out)
     if cfg.histogram_shift:  # its own seed, as blur
         out = histogram_shift(out, tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 4),
                               cfg.histogram_shift)
