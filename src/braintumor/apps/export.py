@@ -167,12 +167,12 @@ def _compute_dtype(model: keras.Model) -> str:
     return policies[0] if policies else "float32"
 
 
-def _test_part(run: Run, cfg: Config, classes: list[str]):
+def _test_part(run: Run, cfg: Config, classes: list[str], split_name: str):
     """The images the run is scored on (its test part: Testing, or split.csv's under a grouped protocol, whose
     Testing folder it partly trained on), decoded as the run decodes; None and the reason when they cannot be read."""
     data_cfg = dataclasses.replace(cfg.data, make_synthetic_if_missing=False)
     try:
-        return load_run_split(run, data_cfg, classes, default_split(run)), None
+        return load_run_split(run, data_cfg, classes, split_name), None
     except UserError as err:
         return None, str(err)
 
@@ -181,8 +181,8 @@ def _check(run: Runner, batch_size: int, fmt: str, scorer: Scorer, source: Run, 
            classes: list[str]) -> dict:
     """The exported model, run in its own runtime on the `source` run's test images, against model.keras and the
     run's calibration (the probabilities braintumor predict gives)."""
-    split_name = default_split(source)
-    split, reason = _test_part(source, cfg, classes)
+    split_name = default_split(source.protocol(), cfg)
+    split, reason = _test_part(source, cfg, classes, split_name)
     if split is None or not split.files:
         return {"checked": False, "reason": f"the run's {split_name} images could not be read: "
                                             f"{reason or 'none is readable'}"}

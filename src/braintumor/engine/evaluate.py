@@ -133,7 +133,7 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str | None = No
     """`braintumor evaluate`: metrics of a run's saved model on one split (by default its test part: Testing under
     the official protocol, split.csv's test part under a grouped one); returns the output folder."""
     cfg, classes, protocol = run.read_config(), run.classes(), run.protocol()
-    split = split or default_split(run)
+    split = split or default_split(protocol, cfg)
     if protocol != "official" and split in (cfg.data.train_dir, cfg.data.test_dir):
         raise UserError(f"this run trained under protocol {protocol}, on images of both {cfg.data.train_dir} and "
                         f"{cfg.data.test_dir}, so its {split} scores would count trained images; use --split test "
@@ -154,10 +154,10 @@ def evaluate_run(run: Run, data_root: Path | None = None, split: str | None = No
     return dest.path
 
 
-def default_split(run: Run) -> str:
-    """The images a run is scored on unless told otherwise: its test part, which under a grouped protocol is
-    split.csv's (from both published folders) and under the official one the Testing folder."""
-    return "test" if run.protocol() != "official" else run.read_config().data.test_dir
+def default_split(protocol: str, cfg: Config) -> str:
+    """The images a run of `protocol` and `cfg` is scored on unless told otherwise: its test part, which under a
+    grouped protocol is split.csv's (from both published folders) and under the official one the Testing folder."""
+    return "test" if protocol != "official" else cfg.data.test_dir
 
 
 def load_run_split(run: Run, data_cfg: DataConfig, classes: list[str], split: str) -> Split:
