@@ -185,6 +185,19 @@ def test_noise_is_gaussian_gray_inside_the_brain_with_one_level_per_image():
     np.testing.assert_array_equal(_run(image, dataclasses.replace(STILL, noise=0.0)), image)  # 0 is off
 
 
+def test_invert_reverses_the_brain_of_a_share_of_images_and_keeps_the_background():
+    image = np.zeros((200, 8, 8, 1), np.uint8)
+    image[:, 2:6, 2:6] = 40  # the brain
+    image[:, 3, 3] = 200  # a bright spot in it
+    out = _run(image, dataclasses.replace(STILL, invert=0.3))
+    np.testing.assert_array_equal(out[:, :2], 0)  # black stays black
+    inverted = out[:, 2, 2, 0] == 215
+    np.testing.assert_array_equal(out[inverted, 3, 3, 0], 55)  # the bright spot turns dark
+    np.testing.assert_array_equal(out[~inverted], image[~inverted])  # the others untouched
+    assert 0.2 < inverted.mean() < 0.4  # the key's share of images
+    np.testing.assert_array_equal(_run(image, dataclasses.replace(STILL, invert=0.0)), image)  # 0 is off
+
+
 def test_mixup_blends_each_image_and_its_target_by_one_beta_weight():
     from scipy import stats
 
@@ -238,7 +251,7 @@ def test_a_run_with_mixup_trains_on_soft_targets(write_config, tmp_path):
                                             ("gamma", [1]), ("contrast", [-1, 1]), ("blur", [2, 1]),
                                             ("blur", [0, 6]), ("histogram_shift", 2),
                                             ("histogram_shift", 40), ("bias_field", -0.1), ("bias_field", 2),
-                                            ("noise", -1), ("noise", 60),
+                                            ("noise", -1), ("noise", 60), ("invert", -0.1), ("invert", 1.5),
                                             ("mixup", 1.5), ("mixup", 0.2)])
 def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
     # mixup 0.2 is refused in the default offline mode: fixed copies cannot be blended batch by batch

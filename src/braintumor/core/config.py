@@ -110,6 +110,10 @@ class AugmentationConfig:
     # Gaussian noise on [0, 255] intensities inside the brain, its standard deviation drawn per image from [0, noise]
     # (MONAI's RandGaussianNoise): sources differ in noise level; 0: off
     noise: float = 0.0
+    # probability that an image's brain is shown in inverted contrast (255 - x on nonzero pixels): T2 and FLAIR
+    # order the tissues otherwise than T1; in Training only no_tumor has such slices, so the contrast alone would
+    # say no_tumor; 0: off
+    invert: float = 0.0
     # online only: each image and its target blended with another image of the batch, the weight drawn from
     # Beta(mixup, mixup) (Zhang et al. 2018); 0: off
     mixup: float = 0.0
@@ -141,6 +145,7 @@ class AugmentationConfig:
               "the largest coefficient from 0 to 1, e.g. 0.2; 0 turns it off")
         check(0 <= self.noise <= 50, "noise", "the largest standard deviation from 0 to 50 gray levels, e.g. 8; "
               "0 turns it off")
+        check(0 <= self.invert <= 1, "invert", "a probability from 0 to 1, e.g. 0.5; 0 turns it off")
         check(0 <= self.mixup <= 1, "mixup", "a Beta concentration from 0 to 1, e.g. 0.2; 0 turns it off")
         check(self.mixup == 0 or self.online, "mixup",
               "0 unless augmentation is enabled with mode online (the images of each batch are blended as drawn)")

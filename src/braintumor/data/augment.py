@@ -19,7 +19,9 @@ exports differ in resolution, and sharpness must not tell the classes apart) and
 monotone remapping of intensities, as MONAI's RandHistogramShift: other sequences and scanners order the same
 tissues alike but space their gray levels differently) and bias field (a smooth multiplicative intensity field, as
 MONAI's RandBiasField: receive coils make one side of a slice brighter, and by how much differs by scanner) and
-noise (Gaussian, of a standard deviation drawn per image, inside the brain: sources differ in noise level).
+noise (Gaussian, of a standard deviation drawn per image, inside the brain: sources differ in noise level) and
+inversion (the brain's intensities reversed, for a share of images: T2 and FLAIR slices show the tissues in
+another order than T1's, and in Training only no_tumor has them).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
 copies once, seeded (the study's 2870 → 5740). Online mode can also blend the images of each batch (mixup).
 Validation and Testing images are never augmented.
@@ -114,6 +116,10 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
         gray = tf.concat([tf.shape(out)[:3], [1]], axis=0)  # one draw for R, G and B: a gray slice stays gray
         noisy = out + sigma * tf.random.stateless_normal(gray, keys[1])
         out = tf.where(out > 0, tf.clip_by_value(noisy, 0.0, 255.0), out)
+    if cfg.invert:  # its own seed, as blur; nonzero pixels only, so the background stays black
+        inverted = tf.random.stateless_uniform([batch, 1, 1, 1], tf.random.experimental.stateless_fold_in(
+            tf.cast(seed, tf.int64), 7)) < cfg.invert
+        out = tf.where(inverted & (out > 0), 255.0 - out, out)
     if cfg.histogram_shift:  # its own seed, as blur
         out = histogram_shift(out, tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 4),
                               cfg.histogram_shift)
