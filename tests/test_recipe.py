@@ -6,6 +6,9 @@ import csv
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -412,3 +415,23 @@ def test_a_run_with_the_whole_recipe_completes_and_matches_its_validation_when_e
 def test_precise_bn_outside_full_single_device_training_is_refused(write_config, capsys, sections, message):
     assert main(["validate", str(write_config(**sections))]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_by_sequence_splits_the_leak_free_images_by_the_listed_sequences(tmp_path):
+    """scripts/by_sequence.py: twins apart, then leak-free T1c and the slices docs/testing_not_t1c.csv lists."""
+    rows = [("Testing/glioma_tumor/image(3).jpg", "glioma_tumor", "no_tumor"),  # listed: FLAIR, leak-free
+            ("Testing/pituitary_tumor/image(44).jpg", "pituitary_tumor", "pituitary_tumor"),  # listed: T2
+            ("Testing/glioma_tumor/image(1).jpg", "glioma_tumor", "glioma_tumor"),  # not listed: T1c
+            ("Testing/glioma_tumor/image(2).jpg", "glioma_tumor", "meningioma_tumor"),  # not listed: T1c
+            ("Testing/no_tumor/image(1).jpg", "no_tumor", "no_tumor")]  # a twin
+    with (tmp_path / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "true", "predicted"])
+        writer.writerows(rows)
+    (tmp_path / "metrics.json").write_text(json.dumps({"leak_free": {"excluded_files": [rows[-1][0]]}}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "by_sequence.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == f"| {tmp_path.name} | 1 / 1 | 1 / 2 | 1 / 2 | 2 / 4 |"
+    (tmp_path / "metrics.json").write_text("{}")  # a run's reports without the leak-free subset: refused, named
+    refused = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--leak-free-from" in refused.stderr
