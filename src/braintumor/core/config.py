@@ -111,8 +111,8 @@ class AugmentationConfig:
     # (MONAI's RandGaussianNoise): sources differ in noise level; 0: off
     noise: float = 0.0
     # probability that an image's brain is shown in inverted contrast (255 - x on nonzero pixels): T2 and FLAIR
-    # order the tissues otherwise than T1; in Training only no_tumor has such slices, so the contrast alone would
-    # say no_tumor; 0: off
+    # order the tissues otherwise than T1; in Training no_tumor has such slices and the glioma and pituitary classes
+    # none, so the contrast alone would say no_tumor; 0: off
     invert: float = 0.0
     # online only: each image and its target blended with another image of the batch, the weight drawn from
     # Beta(mixup, mixup) (Zhang et al. 2018); 0: off

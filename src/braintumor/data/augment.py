@@ -21,7 +21,7 @@ tissues alike but space their gray levels differently) and bias field (a smooth 
 MONAI's RandBiasField: receive coils make one side of a slice brighter, and by how much differs by scanner) and
 noise (Gaussian, of a standard deviation drawn per image, inside the brain: sources differ in noise level) and
 inversion (the brain's intensities reversed, for a share of images: T2 and FLAIR slices show the tissues in
-another order than T1's, and in Training only no_tumor has them).
+another order than T1's, and in Training no_tumor has them, glioma and pituitary none).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
 copies once, seeded (the study's 2870 → 5740). Online mode can also blend the images of each batch (mixup).
 Validation and Testing images are never augmented.
