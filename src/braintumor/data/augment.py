@@ -50,6 +50,10 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
     batch, height, width = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
 
+    def own_seed(index: int) -> tf.Tensor:
+        """A seed of one key's own, so turning that key on leaves every other draw as it was."""
+        return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), index)
+
     def uniform(index: int, low: float, high: float, extra_dims: int = 0) -> tf.Tensor:
         return tf.random.stateless_uniform([batch] + [1] * extra_dims, seeds[index], low, high)
 
@@ -59,8 +63,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
     flip = tf.where(uniform(3, 0.0, 1.0) < 0.5, -1.0, 1.0) if cfg.horizontal_flip else tf.ones([batch])
     ones, zeros = tf.ones([batch]), tf.zeros([batch])
     # the MRI extras draw from seeds of their own, so the study's transforms stay the same draw for draw
-    extra = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(
-        tf.cast(seed, tf.int64), 1), 4)
+    extra = tf.random.experimental.stateless_split(own_seed(1), 4)
 
     def extra_uniform(index: int, low: float, high: float, off: float, extra_dims: int = 0) -> tf.Tensor | None:
         """None where the key is off (no draw, no arithmetic: the study's output stays bit-identical)."""
@@ -92,15 +95,13 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
         images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode=cfg.fill_mode.upper())
     moved.set_shape(images.shape)  # the op forgets the static image size; without it training runs far slower
-    if cfg.blur[1] > 0:  # its own seed, so turning it on leaves every other draw as it was
-        sigma = tf.random.stateless_uniform([batch], tf.random.experimental.stateless_fold_in(
-            tf.cast(seed, tf.int64), 2), *cfg.blur)
+    if cfg.blur[1] > 0:
+        sigma = tf.random.stateless_uniform([batch], own_seed(2), *cfg.blur)
         moved = gaussian_blur(moved, sigma, radius=math.ceil(3 * cfg.blur[1]))
     low, high = cfg.brightness
     out = moved * uniform(4, low, high, extra_dims=3)
-    if cfg.bias_field:  # its own seed, as blur
-        out = out * bias_field(batch, images.shape[1], images.shape[2], tf.random.experimental.stateless_fold_in(
-            tf.cast(seed, tf.int64), 5), cfg.bias_field)[..., None]
+    if cfg.bias_field:
+        out = out * bias_field(batch, images.shape[1], images.shape[2], own_seed(5), cfg.bias_field)[..., None]
     contrast = extra_uniform(2, *cfg.contrast, off=1.0, extra_dims=3)
     if contrast is not None:  # about each image's own mean, as tf.image.adjust_contrast
         mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
@@ -109,20 +110,17 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
     gamma = extra_uniform(3, *cfg.gamma, off=1.0, extra_dims=3)
     if gamma is not None:
         out = 255.0 * tf.pow(out / 255.0, gamma)
-    if cfg.noise:  # its own seed, as blur; on nonzero pixels only, so the background stays black as after brain_crop
-        keys = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(
-            tf.cast(seed, tf.int64), 6), 2)
+    if cfg.noise:  # on nonzero pixels only, so the background stays black as after brain_crop
+        keys = tf.random.experimental.stateless_split(own_seed(6), 2)
         sigma = tf.random.stateless_uniform([batch, 1, 1, 1], keys[0], 0.0, cfg.noise)
         gray = tf.concat([tf.shape(out)[:3], [1]], axis=0)  # one draw for R, G and B: a gray slice stays gray
         noisy = out + sigma * tf.random.stateless_normal(gray, keys[1])
         out = tf.where(out > 0, tf.clip_by_value(noisy, 0.0, 255.0), out)
-    if cfg.invert:  # its own seed, as blur; nonzero pixels only, so the background stays black
-        inverted = tf.random.stateless_uniform([batch, 1, 1, 1], tf.random.experimental.stateless_fold_in(
-            tf.cast(seed, tf.int64), 7)) < cfg.invert
+    if cfg.invert:  # nonzero pixels only, so the background stays black
+        inverted = tf.random.stateless_uniform([batch, 1, 1, 1], own_seed(7)) < cfg.invert
         out = tf.where(inverted & (out > 0), 255.0 - out, out)
-    if cfg.histogram_shift:  # its own seed, as blur
-        out = histogram_shift(out, tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 4),
-                              cfg.histogram_shift)
+    if cfg.histogram_shift:
+        out = histogram_shift(out, own_seed(4), cfg.histogram_shift)
     return out
 
 
