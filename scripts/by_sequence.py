@@ -45,16 +45,20 @@ def main() -> None:
     with LISTED.open(newline="") as handle:
         sequences = {row["file"]: row["sequence"] for row in csv.DictReader(handle)}
     fallback = leak_free_twins(Reports(args.leak_free_from)) if args.leak_free_from else None
-    print("| reports | " + " | ".join(("with a twin", "leak-free T1c", "leak-free T2/FLAIR/CT", "leak-free")) + " |")
-    print("|---|---|---|---|---|")
+    listed = tuple(sorted(set(sequences.values())))
+    columns = {"with a twin": ("twin",), "leak-free T1c": ("T1c",), f"leak-free {'/'.join(listed)}": listed,
+               "leak-free": ("T1c", *listed)}
+    print("| reports | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for path in args.reports:
         reports = Reports(path)
-        twins = leak_free_twins(reports) or fallback
+        twins = leak_free_twins(reports)
+        twins = fallback if twins is None else twins  # an empty set is an answer: no image had a twin
         if twins is None:
             parser.error(f"{path}: no leak-free subset in its metrics.json; pass --leak-free-from EVAL_DIR")
         tally = count(reports, twins, sequences)
         cells = []
-        for groups in (("twin",), ("T1c",), ("T2", "FLAIR", "CT"), ("T1c", "T2", "FLAIR", "CT")):
+        for groups in columns.values():
             right = sum(tally[g, True] for g in groups)
             total = right + sum(tally[g, False] for g in groups)
             cells.append(f"{right} / {total}")

@@ -432,6 +432,9 @@ def test_by_sequence_splits_the_leak_free_images_by_the_listed_sequences(tmp_pat
     script = Path(__file__).resolve().parents[1] / "scripts" / "by_sequence.py"
     out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.splitlines()[-1] == f"| {tmp_path.name} | 1 / 1 | 1 / 2 | 1 / 2 | 2 / 4 |"
+    (tmp_path / "metrics.json").write_text(json.dumps({"leak_free": {"excluded_files": []}}))  # no twin at all
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == f"| {tmp_path.name} | 0 / 0 | 2 / 3 | 1 / 2 | 3 / 5 |"
     (tmp_path / "metrics.json").write_text("{}")  # a run's reports without the leak-free subset: refused, named
     refused = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
     assert refused.returncode == 2 and "--leak-free-from" in refused.stderr
