@@ -438,3 +438,50 @@ def test_by_sequence_splits_the_leak_free_images_by_the_listed_sequences(tmp_pat
     (tmp_path / "metrics.json").write_text("{}")  # a run's reports without the leak-free subset: refused, named
     refused = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
     assert refused.returncode == 2 and "--leak-free-from" in refused.stderr
+
+
+def test_source_folds_hold_out_whole_pixel_sizes_and_train_the_largest_source_in_every_fold(tmp_path):
+    """scripts/source_folds.py: every image of one pixel size (and its twins) in one fold, the collection too large
+    for a fold in every training part, and a split file that `data.split_file` reads."""
+    from PIL import Image
+
+    from braintumor.data.splits import read_split_file
+    from braintumor.data.synth import make_image
+
+    rng = np.random.default_rng(0)
+    classes = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
+    root = tmp_path / "data"
+
+    def save(origin: str, label: str, name: str, pixels: np.ndarray, size: int) -> None:
+        (root / origin / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).resize((size, size)).save(root / origin / label / name, quality=95)
+
+    for label in classes:
+        for i in range(12):  # the large collection: one size, every class
+            save("Training", label, f"big{i}.jpg", make_image(label, rng, 96), 96)
+        for size in range(40, 76, 4):  # small collections: two images of one size, one in each published folder
+            save("Training", label, f"s{size}.jpg", make_image(label, rng, size), size)
+            save("Testing", label, f"s{size}.jpg", make_image(label, rng, size), size)
+    twin = make_image("glioma_tumor", rng, 80)  # one slice at two sizes: joins its two sizes' collections
+    save("Training", "glioma_tumor", "twin.jpg", twin, 80)
+    save("Testing", "glioma_tumor", "twin.jpg", twin, 84)
+    out = tmp_path / "sources.csv"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "source_folds.py"
+    command = [sys.executable, str(script), str(root), str(out), "--folds", "3", "--cache-dir", str(tmp_path / "c")]
+    subprocess.run(command, capture_output=True, text=True, check=True)
+
+    sides = read_split_file(out, root)  # as training reads it: every image, with its sha256 checked
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(sides) == len(rows) == 4 * (12 + 2 * 9) + 2
+    by_size: dict[int, set[str]] = {}
+    for row in rows:
+        with Image.open(root / row["file"]) as image:
+            by_size.setdefault(image.size[0], set()).add(row["split"])
+    assert by_size[96] == {"train"}
+    assert all("too large for a fold" in row["reason"] for row in rows if "/big" in row["file"])
+    assert all(len(found) == 1 for found in by_size.values())
+    assert by_size[80] == by_size[84] and by_size[80] != {"train"}
+    assert {side for found in by_size.values() for side in found} == {"train", "0", "1", "2"}
+    again = subprocess.run(command, capture_output=True, text=True)  # an existing file is never overwritten
+    assert again.returncode == 2 and "exists" in again.stderr

@@ -55,7 +55,7 @@ class Assignment:
         return {side: dict(sorted(labels.items())) for side, labels in sorted(found.items())}
 
 
-def _excluding_conflicts(groups: Groups) -> tuple[list[str], list[str]]:
+def excluding_conflicts(groups: Groups) -> tuple[list[str], list[str]]:
     conflicts = groups.conflicts()
     split, reason = [], []
     for number in groups.group.tolist():
@@ -110,7 +110,7 @@ def carve_validation(assignment: Assignment, fraction: float, seed: int) -> None
 def clean_split(groups: Groups, test_fraction: float, seed: int) -> Assignment:
     """The de-duplicated benchmark: a seeded, stratified re-split of all images into train and test, whole groups on
     one side, every class in test in proportion."""
-    split, reason = _excluding_conflicts(groups)
+    split, reason = excluding_conflicts(groups)
     kept = np.array([side != EXCLUDED for side in split])
     index = np.flatnonzero(kept)
     test = take_groups(groups.group[index], [groups.labels[i] for i in index], test_fraction, seed,
@@ -123,7 +123,7 @@ def clean_split(groups: Groups, test_fraction: float, seed: int) -> Assignment:
 def kfold_split(groups: Groups, folds: int, seed: int) -> Assignment:
     """Stratified group k-fold (scikit-learn's StratifiedGroupKFold, shuffled with `seed`): each image's split is
     the number of the fold it is tested in."""
-    split, reason = _excluding_conflicts(groups)
+    split, reason = excluding_conflicts(groups)
     index = np.array([i for i, side in enumerate(split) if side != EXCLUDED], int)
     labels = [groups.labels[i] for i in index]
     if len(np.unique(groups.group[index])) < folds:
