@@ -61,6 +61,7 @@ def test_adapt_changes_batchnorm_statistics_only_and_writes_a_complete_run(train
     new = runs / "adapted"
     assert main(["adapt", "--run", str(source), "--data", str(site), "--out", str(new)]) == 0
     assert f"fit one with braintumor calibrate --run {new}" in caplog.text
+    assert f"only {len(list(site.rglob('*.jpg')))} image(s) of {site} were used" in caplog.text  # under 64: noisy
     assert _hashes(source) == before  # the source run is only read
 
     old_model = keras.models.load_model(source / "model.keras", compile=False)
