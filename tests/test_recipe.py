@@ -317,7 +317,35 @@ def test_group_norm_model_trains_explains_itself_and_is_refused_by_adapt(write_c
     assert "has no BatchNormalization layer" in capsys.readouterr().err
 
 
+def test_ibn_model_instance_normalises_half_of_the_early_blocks_and_adapts_only_batchnorm(write_config, synth_root,
+                                                                                         tmp_path, capsys):
+    """model.norm ibn: IBN-a in the first conv of blocks 1 .. depth-2; precise BN, Grad-CAM, ONNX and adapt work."""
+    config = write_config(model={"width": 8, "depth": 4, "convs_per_block": 2, "norm": "ibn"},
+                          train={"precise_bn": True, "epochs": 1})
+    assert main(["train", str(config)]) == 0
+    (run,) = (tmp_path / "outputs").iterdir()
+    backbone = keras.models.load_model(run / "model.keras").get_layer("simple_cnn")
+    instance = [layer for layer in backbone.layers if isinstance(layer, keras.layers.GroupNormalization)]
+    assert [layer.name for layer in instance] == ["conv1_1_in", "conv2_1_in"]
+    assert [layer.groups for layer in instance] == [4, 8]  # one group per channel: instance norm
+    assert backbone.get_layer("conv2_1_ibn").output.shape[-1] == 16 and "conv3_1_ibn" not in {
+        layer.name for layer in backbone.layers}
+    image = next((synth_root / "Testing").rglob("*.jpg"))
+    assert main(["predict", "--run", str(run), str(image), "--gradcam", str(tmp_path / "cam")]) == 0
+    assert len(list((tmp_path / "cam").iterdir())) == 1
+    assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
+    assert " 0 class change(s)" in capsys.readouterr().out
+    new = tmp_path / "adapted"
+    assert main(["adapt", "--run", str(run), "--data", str(synth_root / "Testing"), "--out", str(new)]) == 0
+    adapted = keras.models.load_model(new / "model.keras").get_layer("simple_cnn")
+    for layer in backbone.layers:  # the instance norms' weights, like every weight but BatchNorm's statistics, stay
+        for old, fresh in zip(layer.weights, adapted.get_layer(layer.name).weights, strict=True):
+            moving = old.path.endswith(("moving_mean", "moving_variance"))
+            assert np.array_equal(np.asarray(old), np.asarray(fresh)) != moving, old.path
+
+
 @pytest.mark.parametrize(("sections", "key"), [
+    ({"model": {"norm": "ibn", "depth": 2}}, "model.norm"),
     ({"data": {"channels": 2}}, "data.channels"),
     ({"model": {"norm": "layer"}}, "model.norm"),
     ({"model": {"backbone": "vgg16", "norm": "group"}}, "model.norm"),

@@ -164,9 +164,10 @@ class ModelConfig:
     depth: int = 3
     convs_per_block: int = 1
     bn_momentum: float = 0.9  # BatchNorm moving-statistics momentum (simple_cnn)
-    # simple_cnn: batch (BatchNorm) or group (GroupNorm, 8 groups: each image normalised by its own statistics,
-    # so no statistics learnt on one site are applied to another)
-    norm: Literal["batch", "group"] = "batch"
+    # simple_cnn: batch (BatchNorm); group (GroupNorm, 8 groups: each image normalised by its own statistics, so no
+    # statistics learnt on one site are applied to another); ibn (IBN-a: in the first conv of every block but the
+    # last two, half the channels instance-normalised and half BatchNorm, the rest BatchNorm)
+    norm: Literal["batch", "group", "ibn"] = "batch"
 
     def validate(self, check: _Check) -> None:
         check(self.backbone in BACKBONES, "backbone", "one of: " + ", ".join(BACKBONES))
@@ -179,6 +180,8 @@ class ModelConfig:
         check(1 <= self.depth <= 8, "depth", "an integer from 1 to 8")
         check(1 <= self.convs_per_block <= 4, "convs_per_block", "an integer from 1 to 4")
         check(0 < self.bn_momentum < 1, "bn_momentum", "a number above 0 and below 1, e.g. 0.99")
+        check(self.norm != "ibn" or self.depth >= 3, "norm",
+              "batch or group when model.depth is under 3 (ibn keeps the last two blocks plain BatchNorm)")
         simple_only = {"width": 32, "depth": 3, "convs_per_block": 1, "bn_momentum": 0.9, "norm": "batch"}
         for key, default in simple_only.items():
             check(self.backbone == "simple_cnn" or getattr(self, key) == default, key,

@@ -59,20 +59,36 @@ class BackbonePreprocess(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
+def _instance_batch_norm(x, filters: int, name: str, cfg: ModelConfig):
+    """IBN-a (Pan et al., 2018): half the filters instance-normalised (each image and channel by its own
+    statistics, which removes a site's contrast and texture style), half batch-normalised (which keeps what
+    tells the classes apart). Two convolutions of half the filters each are one convolution split in two."""
+    half = filters // 2
+    style = keras.layers.Conv2D(half, 3, padding="same", use_bias=False, name=f"{name}_in_conv")(x)
+    style = keras.layers.GroupNormalization(groups=half, name=f"{name}_in")(style)  # a group per channel
+    content = keras.layers.Conv2D(filters - half, 3, padding="same", use_bias=False, name=name)(x)
+    content = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(content)
+    return keras.layers.Concatenate(name=f"{name}_ibn")([style, content])
+
+
 def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: ModelConfig) -> keras.Model:
     """A from-scratch CNN: `depth` blocks of `convs_per_block` conv-norm-ReLU layers and a max pool, the
-    filters doubling from `width`, the norm BatchNorm or GroupNorm (`cfg.norm`). The defaults (3 blocks of one
-    conv, 32-64-128) train on a CPU in minutes."""
+    filters doubling from `width`, the norm BatchNorm, GroupNorm or, in the first conv of every block but the
+    last two, IBN (`cfg.norm`). The defaults (3 blocks of one conv, 32-64-128) train on a CPU in minutes."""
     inputs = keras.Input(input_shape)
     x = inputs
     for block in range(1, cfg.depth + 1):
         for conv in range(1, cfg.convs_per_block + 1):
             name = f"conv{block}" if cfg.convs_per_block == 1 else f"conv{block}_{conv}"
-            x = keras.layers.Conv2D(cfg.width * 2 ** (block - 1), 3, padding="same", use_bias=False, name=name)(x)
-            if cfg.norm == "group":
-                x = keras.layers.GroupNormalization(groups=8, name=f"{name}_gn")(x)
+            filters = cfg.width * 2 ** (block - 1)
+            if cfg.norm == "ibn" and conv == 1 and block <= cfg.depth - 2:
+                x = _instance_batch_norm(x, filters, name, cfg)
             else:
-                x = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
+                x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+                if cfg.norm == "group":
+                    x = keras.layers.GroupNormalization(groups=8, name=f"{name}_gn")(x)
+                else:
+                    x = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
             x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
         x = keras.layers.MaxPooling2D(name=f"conv{block}_pool")(x)
     model = keras.Model(inputs, x, name="simple_cnn")
