@@ -344,6 +344,52 @@ def test_ibn_model_instance_normalises_half_of_the_early_blocks_and_adapts_only_
             assert np.array_equal(np.asarray(old), np.asarray(fresh)) != moving, old.path
 
 
+def test_mixstyle_mixes_each_images_feature_style_with_another_and_keeps_its_content():
+    from braintumor.models.build import MixStyle
+
+    rng = np.random.default_rng(0)
+    styles = rng.uniform(0.5, 3.0, (8, 1, 1, 4)), rng.uniform(-2, 2, (8, 1, 1, 4))
+    features = (rng.normal(size=(8, 6, 6, 4)) * styles[0] + styles[1]).astype(np.float32)
+
+    def normalised(x):
+        x = np.asarray(x, np.float64)
+        return (x - x.mean(axis=(1, 2), keepdims=True)) / x.std(axis=(1, 2), keepdims=True)
+
+    always = MixStyle(1.0, alpha=1.0, seed=1)  # mixing weights uniform in [0, 1]
+    mixed = np.asarray(always(features, training=True))
+    np.testing.assert_allclose(normalised(mixed), normalised(features), atol=1e-3)  # the content is kept
+    changed = ~np.isclose(mixed.mean(axis=(1, 2)), features.mean(axis=(1, 2)), atol=1e-3).all(axis=1)
+    assert changed.sum() >= 6  # the style is another image's, in part (an image may draw itself as partner)
+    np.testing.assert_array_equal(always(features, training=False), features)  # identity at inference
+    np.testing.assert_allclose(MixStyle(0.0, seed=1)(features, training=True), features, atol=1e-5)
+    same_style = np.repeat(features[:1], 8, axis=0)  # nothing to mix when every image has the same style
+    np.testing.assert_allclose(always(same_style, training=True), same_style, atol=1e-4)
+
+
+def test_mixstyle_model_trains_resumes_from_its_checkpoints_and_saves_a_plain_keras_model(write_config, tmp_path,
+                                                                                         synth_root):
+    from braintumor.core.config import ModelConfig
+    from braintumor.models.build import MixStyle, build_model
+    from braintumor.models.saved import load_saved
+
+    model_cfg = {"width": 8, "depth": 4, "norm": "ibn", "mixstyle": 0.5}
+    assert main(["train", str(write_config(model=model_cfg, train={"precision": "mixed_bfloat16"}))]) == 0
+    (run,) = (tmp_path / "outputs").iterdir()
+    backbone = keras.models.load_model(run / "model.keras", safe_mode=True).get_layer("simple_cnn")
+    assert not any(isinstance(layer, MixStyle) for layer in backbone.layers)  # a file plain Keras loads
+    assert [layer.name for layer in backbone.layers if isinstance(layer, keras.layers.Identity)] == [
+        "conv1_mixstyle", "conv2_mixstyle"]
+    assert main(["evaluate", "--run", str(run)]) == 0
+    image = next((synth_root / "Testing").rglob("*.jpg"))
+    assert main(["predict", "--run", str(run), str(image), "--gradcam", str(tmp_path / "cam")]) == 0
+    # a checkpoint keeps the layer, so that --resume trains on with it
+    training = build_model(ModelConfig(backbone="simple_cnn", weights="none", mode="full", **model_cfg), 32, 4)
+    training.save(tmp_path / "last.keras")
+    resumed = load_saved(tmp_path / "last.keras", "checkpoint", "start again")
+    assert [layer.name for layer in resumed.get_layer("simple_cnn").layers if isinstance(layer, MixStyle)] == [
+        "conv1_mixstyle", "conv2_mixstyle"]
+
+
 @pytest.mark.parametrize(("sections", "key"), [
     ({"model": {"norm": "ibn", "depth": 2}}, "model.norm"),
     ({"data": {"channels": 2}}, "data.channels"),
@@ -355,6 +401,9 @@ def test_ibn_model_instance_normalises_half_of_the_early_blocks_and_adapts_only_
     ({"model": {"backbone": "vgg16", "width": 64}}, "model.width"),
     ({"model": {"depth": 0}}, "model.depth"),
     ({"model": {"bn_momentum": 1.0}}, "model.bn_momentum"),
+    ({"model": {"mixstyle": 1.5}}, "model.mixstyle"),
+    ({"model": {"mixstyle": 0.5, "depth": 2}}, "model.mixstyle"),
+    ({"model": {"backbone": "vgg16", "mixstyle": 0.5}}, "model.mixstyle"),
 ])
 def test_bad_model_values_name_the_key(write_config, capsys, sections, key):
     assert main(["validate", str(write_config(**sections))]) == 2

@@ -168,6 +168,9 @@ class ModelConfig:
     # statistics learnt on one site are applied to another); ibn (IBN-a: in the first conv of every block but the
     # last two, half the channels instance-normalised and half BatchNorm, the rest BatchNorm)
     norm: Literal["batch", "group", "ibn"] = "batch"
+    # simple_cnn: in training, the share of images whose feature style (per-channel mean and std) is mixed with
+    # another image's after every block but the last two (MixStyle); 0 turns it off. Not in the saved model.
+    mixstyle: float = 0.0
 
     def validate(self, check: _Check) -> None:
         check(self.backbone in BACKBONES, "backbone", "one of: " + ", ".join(BACKBONES))
@@ -182,7 +185,11 @@ class ModelConfig:
         check(0 < self.bn_momentum < 1, "bn_momentum", "a number above 0 and below 1, e.g. 0.99")
         check(self.norm != "ibn" or self.depth >= 3, "norm",
               "batch or group when model.depth is under 3 (ibn keeps the last two blocks plain BatchNorm)")
-        simple_only = {"width": 32, "depth": 3, "convs_per_block": 1, "bn_momentum": 0.9, "norm": "batch"}
+        check(0 <= self.mixstyle <= 1, "mixstyle", "a probability from 0 to 1, e.g. 0.5; 0 turns it off")
+        check(self.mixstyle == 0 or self.depth >= 3, "mixstyle",
+              "0 when model.depth is under 3 (MixStyle follows every block but the last two)")
+        simple_only = {"width": 32, "depth": 3, "convs_per_block": 1, "bn_momentum": 0.9, "norm": "batch",
+                       "mixstyle": 0.0}
         for key, default in simple_only.items():
             check(self.backbone == "simple_cnn" or getattr(self, key) == default, key,
                   f"the default ({default}) unless backbone is simple_cnn; ImageNet backbones have a fixed shape")

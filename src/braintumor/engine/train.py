@@ -43,7 +43,7 @@ from braintumor.engine.callbacks import (
     write_history,
 )
 from braintumor.engine.runtime import distribution, environment, resolve_precision, resolve_xla, strategy_devices
-from braintumor.models.build import build_model
+from braintumor.models.build import build_model, inference_model
 from braintumor.models.saved import load_saved
 
 log = logs.get_logger(__name__)
@@ -254,7 +254,7 @@ def _fit_and_report(cfg: Config, run: Run, prepared: Prepared, state: TrainingSt
             verbose=1)
     stopper.check(state.epoch)
     fit_model.load_weights(run.checkpoints / str(state.best_weights))
-    save_atomically(run.model, model.save)
+    save_atomically(run.model, inference_model(model).save)  # training-only layers left out
     stopper.check(state.epoch)
     _write_reports(run, cfg, data, state)
     stopper.check(state.epoch)

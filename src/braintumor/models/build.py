@@ -71,10 +71,47 @@ def _instance_batch_norm(x, filters: int, name: str, cfg: ModelConfig):
     return keras.layers.Concatenate(name=f"{name}_ibn")([style, content])
 
 
+@keras.saving.register_keras_serializable(package="braintumor")
+class MixStyle(keras.layers.Layer):
+    """MixStyle (Zhou et al., ICLR 2021), a training-only layer: for a share `p` of the images of a batch, the
+    style of each channel (its mean and standard deviation over the image) is mixed with that of another image of
+    the batch, by a weight drawn from Beta(alpha, alpha); the content (the features less their style) is kept. So
+    the network meets every site's brightness and contrast with every image's content, and cannot read the site
+    off the style. Identity at inference; a run saves its model without it (`inference_model`)."""
+
+    def __init__(self, p: float, alpha: float = 0.1, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.p, self.alpha, self.seed = p, alpha, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)  # reseeded every epoch by the trainer
+
+    def call(self, features, training=False):
+        if not training:
+            return features
+        ops = keras.ops
+        x = ops.cast(features, "float32")  # statistics of bfloat16 features would round
+        mean = ops.stop_gradient(ops.mean(x, axis=(1, 2), keepdims=True))
+        std = ops.stop_gradient(ops.sqrt(ops.var(x, axis=(1, 2), keepdims=True) + 1e-6))
+        batch = ops.shape(x)[0]
+        weight = keras.random.beta((batch, 1, 1, 1), self.alpha, self.alpha, seed=self.seed_generator)
+        mixed = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator) < self.p
+        weight = ops.where(mixed, weight, 1.0)
+        partner = keras.random.shuffle(ops.arange(batch), seed=self.seed_generator)
+        mixed_mean = weight * mean + (1 - weight) * ops.take(mean, partner, axis=0)
+        mixed_std = weight * std + (1 - weight) * ops.take(std, partner, axis=0)
+        return ops.cast((x - mean) / std * mixed_std + mixed_mean, features.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p, "alpha": self.alpha, "seed": self.seed}
+
+
 def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: ModelConfig) -> keras.Model:
     """A from-scratch CNN: `depth` blocks of `convs_per_block` conv-norm-ReLU layers and a max pool, the
     filters doubling from `width`, the norm BatchNorm, GroupNorm or, in the first conv of every block but the
-    last two, IBN (`cfg.norm`). The defaults (3 blocks of one conv, 32-64-128) train on a CPU in minutes."""
+    last two, IBN (`cfg.norm`); with `cfg.mixstyle`, a MixStyle layer after each of those blocks. The defaults
+    (3 blocks of one conv, 32-64-128) train on a CPU in minutes."""
     inputs = keras.Input(input_shape)
     x = inputs
     for block in range(1, cfg.depth + 1):
@@ -91,6 +128,8 @@ def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: Mod
                     x = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
             x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
         x = keras.layers.MaxPooling2D(name=f"conv{block}_pool")(x)
+        if cfg.mixstyle and block <= cfg.depth - 2:
+            x = MixStyle(cfg.mixstyle, name=f"conv{block}_mixstyle")(x)
     model = keras.Model(inputs, x, name="simple_cnn")
     if weights:
         model.load_weights(weights)
@@ -199,16 +238,32 @@ def float32_model(model: keras.Model) -> keras.Model:
 
 def float32_copy(model: keras.Model) -> keras.Model:
     """A float32 copy of `model` with the same weights; every layer, nested models' too, is new."""
+    return _copy(model, "float32")
 
-    def float32_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """`model`, or, if it has training-only layers (MixStyle), a copy with the same weights and an Identity layer
+    in their place: what a run saves as model.keras, which plain Keras loads without braintumor."""
+    if not any(isinstance(layer, MixStyle) for layer in computing_layers(model)):
+        return model
+    return _copy(model)
+
+
+def _copy(model: keras.Model, dtype: str | None = None) -> keras.Model:
+    """A copy of `model` with its weights, every layer new (nested models' too), MixStyle layers as Identity;
+    every layer computing in `dtype` if one is given, else in its own dtype policy."""
+
+    def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Sequential):  # its Input took the dtype of its first input: bfloat16 in the head
-            inputs = keras.Input(layer.inputs[0].shape[1:], dtype="float32")
-            return keras.Sequential([inputs, *map(float32_layer, layer.layers)], name=layer.name)
+            inputs = keras.Input(layer.inputs[0].shape[1:], dtype=dtype or layer.inputs[0].dtype)
+            return keras.Sequential([inputs, *map(copy_layer, layer.layers)], name=layer.name)
         if isinstance(layer, keras.Model):
-            return keras.models.clone_model(layer, clone_function=float32_layer)
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+            return keras.models.clone_model(layer, clone_function=copy_layer)
+        if isinstance(layer, MixStyle):
+            return keras.layers.Identity(name=layer.name, dtype=dtype or layer.dtype_policy.name)
+        return layer.__class__.from_config({**layer.get_config(), **({"dtype": dtype} if dtype else {})})
 
-    copy = keras.models.clone_model(model, clone_function=float32_layer)
+    copy = keras.models.clone_model(model, clone_function=copy_layer)
     copy.set_weights(model.get_weights())
     return copy
 
