@@ -366,6 +366,25 @@ def test_mixstyle_mixes_each_images_feature_style_with_another_and_keeps_its_con
     np.testing.assert_allclose(always(same_style, training=True), same_style, atol=1e-4)
 
 
+def test_precise_bn_takes_the_statistics_of_unmixed_features():
+    from braintumor.core.config import ModelConfig
+    from braintumor.engine.callbacks import batchnorm_layers, recompute_batchnorm
+    from braintumor.models.build import build_model
+
+    cfg = ModelConfig(backbone="simple_cnn", weights="none", mode="full", width=8, depth=3, mixstyle=1.0)
+    model = build_model(cfg, 32, 4)
+    batches = [np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)]
+
+    def statistics() -> list[np.ndarray]:
+        recompute_batchnorm(model, batchnorm_layers(model), batches)
+        return [np.asarray(variable) for layer in batchnorm_layers(model)[1:]  # after the first MixStyle
+                for variable in (layer.moving_mean, layer.moving_variance)]
+
+    for first, second in zip(statistics(), statistics(), strict=True):  # mixing would draw anew each time
+        np.testing.assert_array_equal(first, second)
+    assert model.get_layer("simple_cnn").get_layer("conv1_mixstyle").mixing  # and mixes again after
+
+
 def test_mixstyle_model_trains_resumes_from_its_checkpoints_and_saves_a_plain_keras_model(write_config, tmp_path,
                                                                                          synth_root):
     from braintumor.core.config import ModelConfig

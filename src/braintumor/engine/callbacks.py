@@ -27,7 +27,7 @@ from braintumor.core.atomic import atomic_output, write_json
 from braintumor.core.errors import UserError
 from braintumor.core.logs import get_logger
 from braintumor.core.run import STATE
-from braintumor.models.build import computing_layers
+from braintumor.models.build import computing_layers, unmixed
 from braintumor.results.reports import write_csv
 
 log = get_logger(__name__)
@@ -196,18 +196,19 @@ def recompute_batchnorm(model: keras.Model, layers: list[keras.layers.BatchNorma
 
     Keras' BatchNormalization uses and records batch statistics only when called with training=True *and*
     trainable, so a frozen layer (a feature-extraction backbone's) is marked trainable while this runs; its
-    trainability and every layer's momentum are restored after. Nothing else of the model changes: no optimizer
-    step runs, and gamma and beta are only read.
+    trainability and every layer's momentum are restored after; MixStyle layers do not mix meanwhile. Nothing
+    else of the model changes: no optimizer step runs, and gamma and beta are only read.
     """
     saved = [(layer.momentum, layer.trainable) for layer in layers]
     count = 0
     try:
         for layer in layers:
             layer.trainable = True
-        for count, batch in enumerate(batches, start=1):
-            for layer in layers:  # a running mean of the batch statistics: batch k gets weight 1 / k
-                layer.momentum = (count - 1) / count
-            model(batch.astype(np.float32), training=True)
+        with unmixed(model):  # the statistics of the features inference sees
+            for count, batch in enumerate(batches, start=1):
+                for layer in layers:  # a running mean of the batch statistics: batch k gets weight 1 / k
+                    layer.momentum = (count - 1) / count
+                model(batch.astype(np.float32), training=True)
     finally:
         for layer, (momentum, trainable) in zip(layers, saved, strict=True):
             layer.momentum, layer.trainable = momentum, trainable

@@ -7,6 +7,8 @@ preprocessing, so evaluation and prediction need nothing but the saved model.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -83,9 +85,10 @@ class MixStyle(keras.layers.Layer):
         super().__init__(**kwargs)
         self.p, self.alpha, self.seed = p, alpha, seed
         self.seed_generator = keras.random.SeedGenerator(seed)  # reseeded every epoch by the trainer
+        self.mixing = True  # off in `unmixed`
 
     def call(self, features, training=False):
-        if not training:
+        if not (training and self.mixing):
             return features
         ops = keras.ops
         x = ops.cast(features, "float32")  # statistics of bfloat16 features would round
@@ -105,6 +108,20 @@ class MixStyle(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "p": self.p, "alpha": self.alpha, "seed": self.seed}
+
+
+@contextmanager
+def unmixed(model: keras.Model) -> Iterator[None]:
+    """While this runs, `model`'s MixStyle layers pass their input through in training mode too (in eager calls),
+    so that BatchNorm statistics taken in training mode (precise BN) are those of the features inference sees."""
+    layers = [layer for layer in computing_layers(model) if isinstance(layer, MixStyle)]
+    for layer in layers:
+        layer.mixing = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.mixing = True
 
 
 def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: ModelConfig) -> keras.Model:
