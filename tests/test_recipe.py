@@ -385,8 +385,8 @@ def test_precise_bn_takes_the_statistics_of_unmixed_features():
     assert model.get_layer("simple_cnn").get_layer("conv1_mixstyle").mixing  # and mixes again after
 
 
-def test_mixstyle_model_trains_resumes_from_its_checkpoints_and_saves_a_plain_keras_model(write_config, tmp_path,
-                                                                                         synth_root):
+def test_mixstyle_model_trains_saves_a_plain_keras_model_and_its_checkpoints_keep_the_layer(write_config, tmp_path,
+                                                                                           synth_root):
     from braintumor.core.config import ModelConfig
     from braintumor.models.build import MixStyle, build_model
     from braintumor.models.saved import load_saved

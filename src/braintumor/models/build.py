@@ -114,7 +114,7 @@ class MixStyle(keras.layers.Layer):
 def unmixed(model: keras.Model) -> Iterator[None]:
     """While this runs, `model`'s MixStyle layers pass their input through in training mode too (in eager calls),
     so that BatchNorm statistics taken in training mode (precise BN) are those of the features inference sees."""
-    layers = [layer for layer in computing_layers(model) if isinstance(layer, MixStyle)]
+    layers = _mixstyle_layers(model)
     for layer in layers:
         layer.mixing = False
     try:
@@ -122,6 +122,10 @@ def unmixed(model: keras.Model) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.mixing = True
+
+
+def _mixstyle_layers(model: keras.Model) -> list[MixStyle]:
+    return [layer for layer in computing_layers(model) if isinstance(layer, MixStyle)]
 
 
 def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: ModelConfig) -> keras.Model:
@@ -132,10 +136,11 @@ def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: Mod
     inputs = keras.Input(input_shape)
     x = inputs
     for block in range(1, cfg.depth + 1):
+        early = block <= cfg.depth - 2  # IBN and MixStyle act on low-level features only
         for conv in range(1, cfg.convs_per_block + 1):
             name = f"conv{block}" if cfg.convs_per_block == 1 else f"conv{block}_{conv}"
             filters = cfg.width * 2 ** (block - 1)
-            if cfg.norm == "ibn" and conv == 1 and block <= cfg.depth - 2:
+            if cfg.norm == "ibn" and conv == 1 and early:
                 x = _instance_batch_norm(x, filters, name, cfg)
             else:
                 x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
@@ -145,7 +150,7 @@ def _simple_cnn(input_shape: tuple[int, int, int], weights: str | None, cfg: Mod
                     x = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
             x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
         x = keras.layers.MaxPooling2D(name=f"conv{block}_pool")(x)
-        if cfg.mixstyle and block <= cfg.depth - 2:
+        if cfg.mixstyle and early:
             x = MixStyle(cfg.mixstyle, name=f"conv{block}_mixstyle")(x)
     model = keras.Model(inputs, x, name="simple_cnn")
     if weights:
@@ -261,7 +266,7 @@ def float32_copy(model: keras.Model) -> keras.Model:
 def inference_model(model: keras.Model) -> keras.Model:
     """`model`, or, if it has training-only layers (MixStyle), a copy with the same weights and an Identity layer
     in their place: what a run saves as model.keras, which plain Keras loads without braintumor."""
-    if not any(isinstance(layer, MixStyle) for layer in computing_layers(model)):
+    if not _mixstyle_layers(model):
         return model
     return _copy(model)
 
