@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -33,6 +34,21 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 def _dicom(name: str) -> Path:
     return Path(get_testdata_file(name, download=False))
+
+
+def _series(folder: Path) -> Path:
+    """A folder holding one DICOM series: MR_small at three positions along its normal, written in reverse order, the
+    second and third slice flipped."""
+    folder.mkdir(parents=True)
+    source = pydicom.dcmread(_dicom("MR_small.dcm"))
+    normal = np.cross(np.array(source.ImageOrientationPatient[:3], float), source.ImageOrientationPatient[3:])
+    pixels = source.pixel_array
+    for n, stored in enumerate((pixels, pixels[::-1], pixels[:, ::-1])):
+        source.ImagePositionPatient = [float(v) for v in np.array(source.ImagePositionPatient, float) + normal]
+        source.InstanceNumber = n + 1
+        source.PixelData = np.ascontiguousarray(stored).tobytes()
+        source.save_as(folder / f"slice{2 - n}.dcm")
+    return folder
 
 
 def _predict(capsys, run: Path, *args: str) -> tuple[list[dict], str]:
@@ -108,16 +124,7 @@ def test_a_folder_of_dicom_files_and_a_folder_holding_one_series(trained_run, tm
         shutil.copy(_dicom(name), copies / name)
     rows, _ = _predict(capsys, trained_run, str(copies))
     assert [row["file"] for row in rows] == [str(copies / name) for name in sorted(MR_SMALL[:3])]
-    series = tmp_path / "series"  # MR_small at three positions along its normal, written in reverse order
-    series.mkdir()
-    source = pydicom.dcmread(_dicom("MR_small.dcm"))
-    normal = np.cross(np.array(source.ImageOrientationPatient[:3], float), source.ImageOrientationPatient[3:])
-    pixels = source.pixel_array
-    for n, stored in enumerate((pixels, pixels[::-1], pixels[:, ::-1])):
-        source.ImagePositionPatient = [float(v) for v in np.array(source.ImagePositionPatient, float) + normal]
-        source.InstanceNumber = n + 1
-        source.PixelData = np.ascontiguousarray(stored).tobytes()
-        source.save_as(series / f"slice{2 - n}.dcm")
+    series = _series(tmp_path / "series")
     slices = medical.read_scan(series).slices  # in position order, not file-name order
     one = medical.read_scan(_dicom("MR_small.dcm")).slices[0]
     assert [np.array_equal(a, b) for a, b in zip(slices, (one, one[::-1], one[:, ::-1]), strict=True)] == [True] * 3
@@ -262,3 +269,27 @@ def test_audit_and_training_data_read_scans_through_the_same_decoder(tmp_path, w
     assert on_disk == {"a": 2, "b": 2}
     assert skipped == [{"file": "Training/b/CT_small.dcm", "reason": "modality CT, not MR"}]
     assert np.array_equal(split.images[0], decode_image(root / "Training" / "a" / "MR_small.dcm", 32, []))
+
+
+def test_adapt_reads_a_site_of_scans_as_predict_does_and_every_slice_on_request(trained_run, tmp_path, caplog):
+    """A new site's scans, as a hospital would pass them: a NIfTI volume, a folder holding one DICOM series (one
+    volume, windowed as a whole, as predict reads it) and a single DICOM slice."""
+    site = tmp_path / "site"
+    _series(site / "series")
+    shutil.copy(ANATOMICAL, site / "anatomical.nii")
+    shutil.copy(_dicom("MR_small.dcm"), site / "single.dcm")
+    middle, every = tmp_path / "middle", tmp_path / "every"
+    assert main(["adapt", "--run", str(trained_run), "--data", str(site), "--out", str(middle)]) == 0
+    provenance = json.loads((middle / "adaptation.json").read_text())
+    assert provenance["images_found"] == provenance["files"] == provenance["images"] == 3  # a middle slice a volume
+    assert "2 volume(s) gave their middle slice only; --slices all takes every slice" in caplog.text
+
+    assert main(["adapt", "--run", str(trained_run), "--data", str(site), "--out", str(every), "--slices", "all",
+                 "--max-images", "10"]) == 0
+    provenance = json.loads((every / "adaptation.json").read_text())
+    assert provenance["slices"] == "all" and provenance["files"] == 3 and not provenance["skipped"]
+    assert provenance["images_given"] == 25 + 3 + 1  # anatomical's 25 axial slices, the series' 3, the single one ...
+    assert provenance["images"] == 10  # ... of which --max-images draws 10
+    means = [[np.asarray(variable) for variable in keras.models.load_model(run / "model.keras", compile=False).weights
+              if variable.path.endswith("moving_mean")] for run in (middle, every)]
+    assert not any(np.allclose(a, b) for a, b in zip(*means, strict=True))  # the slices made the statistics

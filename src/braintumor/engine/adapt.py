@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -26,11 +27,14 @@ from tqdm import tqdm
 
 from braintumor.core import logs
 from braintumor.core.cache import file_sha256
+from braintumor.core.config import DataConfig
 from braintumor.core.errors import UserError, describe
 from braintumor.core.run import Run
 from braintumor.core.rundir import ensure_writable, staged_dir, timestamp
-from braintumor.data.decode import decode_files
+from braintumor.data.decode import decode_scan, skip_reason
 from braintumor.data.files import READABLE, walk
+from braintumor.data.medical import group_series
+from braintumor.data.pixels import UNREADABLE
 from braintumor.engine.calibrate import run_dataset
 from braintumor.engine.callbacks import batchnorm_layers, recompute_batchnorm, save_atomically, shuffled_batches
 from braintumor.engine.evaluate import RECORDED_BY_TRAINING, report_run
@@ -46,11 +50,12 @@ FEW_IMAGES = 64
 
 
 def adaptation_images(folder: Path, max_images: int, seed: int) -> tuple[list[str], int]:
-    """The image files under `folder` (paths relative to it, sorted; class subfolders are just folders), at most
-    `max_images` of them drawn with `seed`; and how many there are in all."""
+    """The inputs under `folder` (paths relative to it, sorted; class subfolders are just folders; a folder holding
+    one DICOM series is one input, a volume, as predict reads it), at most `max_images` of them drawn with `seed`;
+    and how many there are in all."""
     if not folder.is_dir():
         raise UserError(f"--data {folder} is not a folder; pass a folder of images of the new site")
-    found = [path.relative_to(folder).as_posix() for path in walk(folder)[0]]
+    found = [path.relative_to(folder).as_posix() for path in group_series(walk(folder)[0])]
     if not found:
         raise UserError(f"--data {folder} holds no image files ({READABLE}); pass a folder of images of the new site")
     if len(found) <= max_images:
@@ -59,11 +64,54 @@ def adaptation_images(folder: Path, max_images: int, seed: int) -> tuple[list[st
     return [found[i] for i in sorted(rng.permutation(len(found))[:max_images])], len(found)
 
 
+@dataclass
+class SiteImages:
+    """What `decode_site` read from the new site's files."""
+
+    images: np.ndarray  # at most max_images, uint8, as the run decodes its own
+    files: list[str]  # the files they come from (relative paths), the readable ones of those drawn
+    skipped: list[dict]  # the unreadable ones, with the reason
+    given: int  # images the readable files gave: more than `images` where the draw left some out
+    volumes: int  # of the files, volumes (NIfTI, multi-frame DICOM, a DICOM series folder)
+
+
+def decode_site(folder: Path, files: list[str], data: DataConfig, slices: str, max_images: int,
+                seed: int) -> SiteImages:
+    """The images of `files` as the run decodes its own (of a volume, its `slices`), at most `max_images` of them:
+    where the files give more (all the slices of volumes), a uniform draw with `seed`, kept by reservoir sampling so
+    memory holds `max_images` images and one volume."""
+    rng = np.random.default_rng(seed)
+    site = SiteImages(np.zeros((0, data.image_size, data.image_size, 3), np.uint8), [], [], 0, 0)
+    kept: list[np.ndarray] = []
+    for relative in tqdm(files, desc="decoding adaptation images", unit="file", leave=False):
+        try:
+            decoded = decode_scan(folder / relative, data.image_size, data.preprocess, slices)
+        except UNREADABLE as err:
+            site.skipped.append({"file": relative, "reason": skip_reason(err)})
+            continue
+        site.files.append(relative)
+        site.volumes += decoded.volume
+        for _, image in decoded.images:
+            if len(kept) < max_images:
+                kept.append(image)
+            elif (slot := rng.integers(site.given + 1)) < max_images:  # Algorithm R: every image equally likely kept
+                kept[slot] = image
+            site.given += 1
+    if kept:
+        site.images = np.stack(kept)
+    return site
+
+
 def images_sha256(folder: Path, files: list[str]) -> str:
-    """One SHA-256 over the sorted (relative path, file SHA-256) pairs: names the images, not only their content."""
+    """One SHA-256 over the sorted (relative path, file SHA-256) pairs, a DICOM series folder's files each: names the
+    images, not only their content."""
+    paths: list[Path] = []
+    for relative in files:
+        path = folder / relative
+        paths += walk(path)[0] if path.is_dir() else [path]
     digest = hashlib.sha256()
-    for relative in sorted(files):
-        digest.update(os.fsencode(relative) + f"\t{file_sha256(folder / relative)}\n".encode())
+    for path in sorted(paths):
+        digest.update(os.fsencode(path.relative_to(folder).as_posix()) + f"\t{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -77,9 +125,9 @@ def destination(source: Run, out: Path | None) -> Path:
     return dest
 
 
-def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = None) -> Path:
-    """Write the AdaBN-adapted copy of `source` (statistics from up to `max_images` images under `folder`); returns
-    the new run's folder."""
+def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = None, slices: str = "middle") -> Path:
+    """Write the AdaBN-adapted copy of `source` (statistics from up to `max_images` images under `folder`, of a
+    volume its `slices`); returns the new run's folder."""
     cfg = source.read_config()
     files, found = adaptation_images(folder, max_images, cfg.seed)
     dest = destination(source, out)
@@ -91,14 +139,11 @@ def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = Non
                         "recomputes BatchNorm statistics; adapt a run of a backbone with BatchNorm (simple_cnn, "
                         "resnet50, inceptionv3)")
     data = run_dataset(source, "adapt")  # for the new run's own reports on its test part
-    decoding = dataclasses.replace(cfg.data, strict=False)  # an unreadable file is skipped and listed
-    images, skipped = decode_files(folder, files, decoding, "adaptation images")
-    if not len(images):
+    site = decode_site(folder, files, cfg.data, slices, max_images, cfg.seed)
+    if not len(site.images):
         raise UserError(f"none of the {len(files)} image file(s) under --data {folder} could be read (e.g. "
-                        f"{skipped[0]['file']}: {skipped[0]['reason']}); pass a folder of readable images")
-    skipped_files = {item["file"] for item in skipped}
-    used = [file for file in files if file not in skipped_files]
-    batches = shuffled_batches(images, cfg.train.batch_size, cfg.seed, len(images))
+                        f"{site.skipped[0]['file']}: {site.skipped[0]['reason']}); pass a folder of readable images")
+    batches = shuffled_batches(site.images, cfg.train.batch_size, cfg.seed, len(site.images))
     recompute_batchnorm(model, layers, tqdm(batches, desc="BatchNorm statistics", unit="batch", leave=False))
     label = f"{cfg.label or cfg.name} + AdaBN {folder.resolve().name}"
     provenance = {
@@ -107,12 +152,19 @@ def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = Non
                   "other weight is the source's, bit for bit",
         "source_run": str(source.path.resolve()),
         "data": str(folder.resolve()),
-        "images": len(used),
+        "images": len(site.images),
         "images_found": found,
+        "images_found_means": "input files under data; a volume (NIfTI, multi-frame DICOM, a DICOM series folder) "
+                              "counts once",
+        "files": len(site.files),
+        "slices": slices,
+        "images_given": site.given,
+        "images_given_means": "images the files gave (of a volume, its slices with signal); over max_images, a "
+                              "uniform draw of max_images of them with the seed",
         "max_images": max_images,
-        "images_sha256": images_sha256(folder, used),
+        "images_sha256": images_sha256(folder, site.files),
         "images_sha256_of": "sorted lines '<path relative to data>\\t<file SHA-256>\\n'",
-        "skipped": skipped,
+        "skipped": site.skipped,
         "batch_size": cfg.train.batch_size,
         "batches": len(batches),
         "seed": cfg.seed,
@@ -138,12 +190,14 @@ def adapt_run(source: Run, folder: Path, max_images: int, out: Path | None = Non
         raise UserError(f"cannot write the adapted run {dest} ({describe(err)}); free space or choose "
                         "another --out") from err
     dest = Run(dest)
-    log.info(f"adapted {len(layers)} BatchNorm layer(s) of {source.path} on {len(used)} image(s) of {folder} "
-             f"({len(skipped)} unreadable skipped): wrote {dest.path}")
-    if len(used) < FEW_IMAGES:
-        log.warning(f"only {len(used)} image(s) of {folder} were used: BatchNorm statistics from fewer than "
-                    f"{FEW_IMAGES} images of a site are noisy; compare {dest.path}'s reports with the source's before "
-                    "using it, or adapt again on more images of the site")
+    log.info(f"adapted {len(layers)} BatchNorm layer(s) of {source.path} on {len(site.images)} image(s) of {folder} "
+             f"({len(site.skipped)} unreadable skipped): wrote {dest.path}")
+    if len(site.images) < FEW_IMAGES:
+        more = (f" ({site.volumes} volume(s) gave their middle slice only; --slices all takes every slice)"
+                if site.volumes and slices == "middle" else "")
+        log.warning(f"only {len(site.images)} image(s) of {folder} were used{more}: BatchNorm statistics from fewer "
+                    f"than {FEW_IMAGES} images of a site are noisy; compare {dest.path}'s reports with the source's "
+                    "before using it, or adapt again on more images of the site")
     log.info(f"{dest.path} has no calibration (the source's was fitted on features the new statistics change): its "
              f"probabilities are uncalibrated and it flags no image as unlike the training data; fit one with "
              f"{dest.how_to_calibrate()}")

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from braintumor.apps.commands.shared import add_run_dir, positive, start_tensorflow
+from braintumor.data.medical import SLICES
 
 MAX_IMAGES = 4096  # engine/adapt.py holds them decoded at once: 4096 at 299 px is about 1.1 GB
 HELP = "adapt a run's BatchNorm statistics to unlabeled images of a new site or scanner (AdaBN), as a new run"
@@ -33,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "ignored), decoded as the run decodes its own")
     parser.add_argument("--max-images", type=max_images, default=512, metavar="N",
                         help=f"use at most N images, 1 to {MAX_IMAGES}, drawn with the run's seed if the folder "
-                             "holds more")
+                             "holds more (a volume counts as one), and at most N of the images they give")
+    parser.add_argument("--slices", choices=SLICES, default="middle",
+                        help="of a volume (NIfTI, multi-frame DICOM, a folder holding one DICOM series): its middle "
+                             "slice (the default, what predict classifies by default) or every slice with signal; "
+                             "where they give more than --max-images, that many are drawn with the run's seed")
     parser.add_argument("--out", metavar="DIR",
                         help="the new run folder, which must not exist (default: beside RUN_DIR, "
                              "<run name>-adapted-<time>)")
@@ -46,4 +51,4 @@ def run(args: argparse.Namespace) -> None:
     start_tensorflow(args.debug)
     from braintumor.engine.adapt import adapt_run
 
-    adapt_run(run, Path(args.data), args.max_images, Path(args.out) if args.out else None)
+    adapt_run(run, Path(args.data), args.max_images, Path(args.out) if args.out else None, args.slices)
