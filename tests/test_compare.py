@@ -342,6 +342,20 @@ def test_runs_differing_only_in_seed_are_pooled_into_one_configuration(tmp_path,
     assert "11.0 ± 1.0 [10.0 – 12.0]" in report  # training minutes
 
 
+def test_configs_changed_by_set_are_told_apart_and_a_key_added_later_pools_at_its_default(tmp_path):
+    """One config trained with and without `--set model.norm=batch` (one label, two configurations), over two seeds;
+    the seed-0 IBN run was recorded before `model.mixstyle` existed, the seed-1 one states its default."""
+    for norm in ("ibn", "batch"):
+        for seed in (0, 1):
+            run = make_run(tmp_path, f"scratch-{norm}-s{seed}", label="scratch", seed=seed, backbone="simple_cnn")
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config["model"].update(mode="full", weights="none", norm=norm, **({"mixstyle": 0.0} if seed else {}))
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+    out = compare_runs(tmp_path, out_dir=tmp_path / "cmp")
+    rows = {row["label"]: (row["runs"], row["seeds"]) for row in read_csv(out / "configurations.csv")}
+    assert rows == {"scratch [model.norm=ibn]": ("2", "0 1"), "scratch [model.norm=batch]": ("2", "0 1")}
+
+
 def test_study_layout_puts_experiments_side_by_side_with_the_published_figures(tmp_path):
     for label in ("VGG16-III", "VGG16-I", "VGG16-II"):
         make_run(tmp_path, f"{label}-20240101-000000", label=label, seed=len(label))

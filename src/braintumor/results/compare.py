@@ -12,6 +12,7 @@ the others are compared without it.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -24,7 +25,7 @@ import matplotlib
 import numpy as np
 
 from braintumor.core import run as contract  # the run folder's file names
-from braintumor.core.config import WITHIN_CONFIGURATION, read_yaml
+from braintumor.core.config import WITHIN_CONFIGURATION, parse_config, read_yaml
 from braintumor.core.errors import UserError, describe
 from braintumor.core.logs import get_logger
 from braintumor.core.rundir import read_json, staged_dir, timestamp
@@ -68,6 +69,7 @@ class Result:
     correct: np.ndarray  # per file, in the order of `files`
     metrics: dict  # recomputed from predictions.csv, plus the stored leak_free / tta parts
     configuration: str = ""  # the config without WITHIN_CONFIGURATION: equal for runs that differ only in seed or fold
+    settings: dict = field(default_factory=dict)  # that config as dotted key -> value, to say how configurations differ
     config_label: str = ""  # the label before a folder name is added to tell runs apart
     seed: int | None = None
     protocol: str = "official"  # data.protocol, or split_file
@@ -188,7 +190,8 @@ def _read_run(config_path: Path, outputs_dir: Path, include_eval: bool) -> tuple
         return [], [_not_compared(run, outputs_dir, label, "unknown", err, retrain)]
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     protocol = "split_file" if data.get("split_file") else str(data.get("protocol", "official"))
-    configuration = json.dumps(_without(config, WITHIN_CONFIGURATION), sort_keys=True, default=str)
+    settings = _without(_with_defaults(config, config_path), WITHIN_CONFIGURATION)
+    configuration = json.dumps(settings, sort_keys=True, default=str)
     # the folds of one k-fold cross-validation test different images: their configuration pools over groups
     pool = f"CV{data.get('folds')} ({data.get('folds')} folds of {data.get('root')}, seeds pooled)" \
         if protocol == "kfold" else ""
@@ -215,7 +218,7 @@ def _read_run(config_path: Path, outputs_dir: Path, include_eval: bool) -> tuple
         except (UserError, OSError) as err:  # OSError: e.g. a file without read permission
             not_compared.append(_not_compared(folder, outputs_dir, name, folder_state, err, action))
             continue
-        result.configuration, result.config_label = key, name
+        result.configuration, result.config_label, result.settings = key, name, _dotted(settings)
         result.seed, result.protocol, result.pool = config.get("seed"), protocol, pool
         results.append(result)
     return results, not_compared
@@ -275,6 +278,23 @@ def _load_result(folder: Path, relative: str, label: str, backbone: str) -> Resu
     if isinstance(stored.get("train_seconds"), (int, float)):  # training runs only, not evaluations
         metrics["train_seconds"] = float(stored["train_seconds"])
     return Result(label, backbone, relative, files, correct, metrics)
+
+
+def _with_defaults(config: dict, path: Path) -> dict:
+    """The config with the schema's defaults filled in: a run recorded before a key existed pools with a later run
+    that has the key at its default. A config the schema no longer reads is compared as written."""
+    try:
+        return parse_config(copy.deepcopy(config), str(path)).to_dict()
+    except UserError:
+        return config
+
+
+def _dotted(config: dict, prefix: str = "") -> dict:
+    """A nested config as {"model.norm": "ibn", ...}."""
+    flat = {}
+    for key, value in config.items():
+        flat.update(_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def _without(config: dict, dotted_keys: Sequence[str], prefix: str = "") -> dict:
@@ -349,7 +369,24 @@ def _configurations(groups: dict[str, list[Result]]) -> list[Configuration]:
             if key not in configurations:
                 configurations[key] = Configuration(result.config_label, result.backbone, pool)
             configurations[key].members.append(result)
+    _tell_apart(list(configurations.values()))
     return list(configurations.values())
+
+
+def _tell_apart(configurations: list[Configuration], shown: int = 3) -> None:
+    """Configurations of one group that share a label (one config run with --set changes) get the settings in which
+    they differ added to it, e.g. `scratch [model.norm=batch]`: the first `shown` of them, then how many more."""
+    sharing: dict[tuple[str, str], list[Configuration]] = {}
+    for configuration in configurations:
+        sharing.setdefault((configuration.group, configuration.label), []).append(configuration)
+    for same in (same for same in sharing.values() if len(same) > 1):
+        settings = [same_config.members[0].settings for same_config in same]
+        differ = sorted(key for key in set().union(*settings) if len({repr(s.get(key)) for s in settings}) > 1)
+        for configuration, setting in zip(same, settings, strict=True):
+            named = [f"{key}={setting.get(key)}" for key in differ[:shown]]
+            more = [f"{len(differ) - shown} more"] if len(differ) > shown else []
+            configuration.label = f"{configuration.label} [{', '.join(named + more)}]" if named else \
+                configuration.label
 
 
 def _configuration_rows(configurations: list[Configuration]) -> list[dict]:
