@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def adaptation_images(folder: Path, max_images: int, seed: int) -> tuple[list[st
     return [found[i] for i in sorted(rng.permutation(len(found))[:max_images])], len(found)
 
 
-@dataclass
+@dataclasses.dataclass(frozen=True)
 class SiteImages:
     """What `decode_site` read from the new site's files."""
 
@@ -81,25 +80,24 @@ def decode_site(folder: Path, files: list[str], data: DataConfig, slices: str, m
     where the files give more (all the slices of volumes), a uniform draw with `seed`, kept by reservoir sampling so
     memory holds `max_images` images and one volume."""
     rng = np.random.default_rng(seed)
-    site = SiteImages(np.zeros((0, data.image_size, data.image_size, 3), np.uint8), [], [], 0, 0)
     kept: list[np.ndarray] = []
+    read, skipped, given, volumes = [], [], 0, 0
     for relative in tqdm(files, desc="decoding adaptation images", unit="file", leave=False):
         try:
             decoded = decode_scan(folder / relative, data.image_size, data.preprocess, slices)
         except UNREADABLE as err:
-            site.skipped.append({"file": relative, "reason": skip_reason(err)})
+            skipped.append({"file": relative, "reason": skip_reason(err)})
             continue
-        site.files.append(relative)
-        site.volumes += decoded.volume
+        read.append(relative)
+        volumes += decoded.volume
         for _, image in decoded.images:
             if len(kept) < max_images:
                 kept.append(image)
-            elif (slot := rng.integers(site.given + 1)) < max_images:  # Algorithm R: every image equally likely kept
+            elif (slot := rng.integers(given + 1)) < max_images:  # Algorithm R: every image equally likely kept
                 kept[slot] = image
-            site.given += 1
-    if kept:
-        site.images = np.stack(kept)
-    return site
+            given += 1
+    images = np.stack(kept) if kept else np.zeros((0, data.image_size, data.image_size, 3), np.uint8)
+    return SiteImages(images, read, skipped, given, volumes)
 
 
 def images_sha256(folder: Path, files: list[str]) -> str:

@@ -382,11 +382,12 @@ def _tell_apart(configurations: list[Configuration], shown: int = 3) -> None:
     for same in (same for same in sharing.values() if len(same) > 1):
         settings = [same_config.members[0].settings for same_config in same]
         differ = sorted(key for key in set().union(*settings) if len({repr(s.get(key)) for s in settings}) > 1)
+        if not differ:  # keys that differ outside the settings (an evaluation's suffix): nothing to name
+            continue
         for configuration, setting in zip(same, settings, strict=True):
             named = [f"{key}={setting.get(key)}" for key in differ[:shown]]
             more = [f"{len(differ) - shown} more"] if len(differ) > shown else []
-            configuration.label = f"{configuration.label} [{', '.join(named + more)}]" if named else \
-                configuration.label
+            configuration.label = f"{configuration.label} [{', '.join(named + more)}]"
 
 
 def _configuration_rows(configurations: list[Configuration]) -> list[dict]:
