@@ -17,7 +17,14 @@ import tensorflow as tf
 
 from braintumor.cli import main
 from braintumor.core.config import AugmentationConfig, Config, TrainConfig, load_config, save_config
-from braintumor.data.augment import augment_batch, bias_field, histogram_shift, mixup, training_dataset
+from braintumor.data.augment import (
+    augment_batch,
+    bias_field,
+    histogram_shift,
+    mixup,
+    random_network_contrast,
+    training_dataset,
+)
 from braintumor.engine import optim
 
 STILL = AugmentationConfig(width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False, brightness=[1, 1])
@@ -201,6 +208,32 @@ def test_invert_reverses_the_brain_of_a_share_of_images_and_keeps_the_background
     np.testing.assert_array_equal(_run(image, dataclasses.replace(STILL, invert=0.0)), image)  # 0 is off
 
 
+def test_gin_remaps_a_share_of_brains_by_random_networks_keeping_their_moments_and_background():
+    rng = np.random.default_rng(2)
+    image = np.zeros((300, 24, 24, 3), np.uint8)
+    image[:, 4:20, 4:20] = rng.integers(40, 200, (300, 16, 16, 1))  # a gray brain on black
+    out = _run(image, dataclasses.replace(STILL, gin=0.4))
+    np.testing.assert_array_equal(out[:, :4], 0)  # black stays black
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])  # gray stays gray
+    changed = np.abs(out - image).reshape(300, -1).max(axis=1) > 1e-3
+    np.testing.assert_array_equal(out[~changed], image[~changed])  # the others untouched
+    assert 0.3 < changed.mean() < 0.5  # the key's share of images
+    brain, remapped = image[changed, 4:20, 4:20, 0].reshape(-1, 256), out[changed, 4:20, 4:20, 0].reshape(-1, 256)
+    # the brain's mean and spread as before (clipping to 0-255 moves them a little)
+    np.testing.assert_allclose(np.median(remapped.mean(axis=1) / brain.mean(axis=1)), 1, atol=0.05)
+    np.testing.assert_allclose(np.median(remapped.std(axis=1) / brain.std(axis=1)), 1, atol=0.1)
+    order = [np.corrcoef(a, b)[0, 1] for a, b in zip(brain, remapped, strict=True)]
+    assert min(order) < -0.2 and max(order) > 0.9  # some reversed, as between sequences; some nearly kept
+    # not a gray-level curve: one gray level comes out as several, by its neighbourhood
+    spread_per_level = [np.ptp(one[pixels == level]) for pixels, one in zip(brain, remapped, strict=True)
+                        for level in np.unique(pixels) if (pixels == level).sum() > 2]
+    assert max(spread_per_level) > 20
+    again = random_network_contrast(tf.constant(image, tf.float32), tf.constant([5, 6], tf.int64), 0.4).numpy()
+    np.testing.assert_array_equal(again, random_network_contrast(tf.constant(image, tf.float32),
+                                                                 tf.constant([5, 6], tf.int64), 0.4).numpy())
+    np.testing.assert_array_equal(_run(image, dataclasses.replace(STILL, gin=0.0)), image)  # 0 is off
+
+
 def test_mixup_blends_each_image_and_its_target_by_one_beta_weight():
     from scipy import stats
 
@@ -255,6 +288,7 @@ def test_a_run_with_mixup_trains_on_soft_targets(write_config, tmp_path):
                                             ("blur", [0, 6]), ("histogram_shift", 2),
                                             ("histogram_shift", 40), ("bias_field", -0.1), ("bias_field", 2),
                                             ("noise", -1), ("noise", 60), ("invert", -0.1), ("invert", 1.5),
+                                            ("gin", -0.1), ("gin", 2),
                                             ("mixup", 1.5), ("mixup", 0.2)])
 def test_bad_augmentation_values_name_the_key(write_config, capsys, key, value):
     # mixup 0.2 is refused in the default offline mode: fixed copies cannot be blended batch by batch

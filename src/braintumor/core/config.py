@@ -114,6 +114,9 @@ class AugmentationConfig:
     # order the tissues otherwise than T1; in Training no_tumor has such slices and the glioma and pituitary classes
     # none, so the contrast alone would say no_tumor; 0: off
     invert: float = 0.0
+    # share of images sent through a random shallow convolutional network (GIN, Ouyang et al. 2022): gray levels
+    # and texture remapped, not always in order, as between MRI sequences; 0: off
+    gin: float = 0.0
     # online only: each image and its target blended with another image of the batch, the weight drawn from
     # Beta(mixup, mixup) (Zhang et al. 2018); 0: off
     mixup: float = 0.0
@@ -146,6 +149,7 @@ class AugmentationConfig:
         check(0 <= self.noise <= 50, "noise", "the largest standard deviation from 0 to 50 gray levels, e.g. 8; "
               "0 turns it off")
         check(0 <= self.invert <= 1, "invert", "a probability from 0 to 1, e.g. 0.5; 0 turns it off")
+        check(0 <= self.gin <= 1, "gin", "a share of images from 0 to 1, e.g. 0.5; 0 turns it off")
         check(0 <= self.mixup <= 1, "mixup", "a Beta concentration from 0 to 1, e.g. 0.2; 0 turns it off")
         check(self.mixup == 0 or self.online, "mixup",
               "0 unless augmentation is enabled with mode online (the images of each batch are blended as drawn)")

@@ -21,7 +21,9 @@ tissues alike but space their gray levels differently) and bias field (a smooth 
 MONAI's RandBiasField: receive coils make one side of a slice brighter, and by how much differs by scanner) and
 noise (Gaussian, of a standard deviation drawn per image, inside the brain: sources differ in noise level) and
 inversion (the brain's intensities reversed, for a share of images: T2 and FLAIR slices show the tissues in
-another order than T1's, and in Training no_tumor has them, glioma and pituitary none).
+another order than T1's, and in Training no_tumor has them, glioma and pituitary none) and GIN (a share of images
+sent through a random shallow convolutional network, as Ouyang et al. 2022 did to carry a model from one MRI sequence
+to others: gray levels and local texture remapped non-monotonically, the shapes kept).
 Online mode draws new transforms every batch of every epoch; offline mode draws `copies` fixed
 copies once, seeded (the study's 2870 → 5740). Online mode can also blend the images of each batch (mixup).
 Validation and Testing images are never augmented.
@@ -121,6 +123,60 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentationConfig) -
         out = tf.where(inverted & (out > 0), 255.0 - out, out)
     if cfg.histogram_shift:
         out = histogram_shift(out, own_seed(4), cfg.histogram_shift)
+    if cfg.gin:
+        out = random_network_contrast(out, own_seed(8), cfg.gin)
+    return out
+
+
+def random_network_contrast(images: tf.Tensor, seed: tf.Tensor, share: float, layers: int = 4,
+                            width: int = 2) -> tf.Tensor:
+    """GIN (global intensity non-linear augmentation, Ouyang et al. 2022): for a `share` of the images (B, H, W, C),
+    the gray slice goes through a shallow network of its own, `layers` convolutions (3 × 3 or, half the time, 1 × 1)
+    with `width` channels between them, normal random weights and offsets and leaky ReLUs, and is blended with its
+    input by a weight drawn from U(0, 1). A tissue can come out brighter or darker than its neighbours, as on another
+    sequence. The result is brought back to the input brain's mean and standard deviation (nonzero pixels; the
+    background stays black) and copied to every channel; the other images pass unchanged."""
+    shape = tf.shape(images)
+    batch = shape[0]
+    gray = tf.reduce_mean(images, axis=-1, keepdims=True)
+    brain = tf.cast(gray > 0, tf.float32)
+
+    def brain_moments(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        pixels = tf.maximum(tf.reduce_sum(brain, axis=[1, 2, 3], keepdims=True), 1.0)
+        mean = tf.reduce_sum(values * brain, axis=[1, 2, 3], keepdims=True) / pixels
+        spread = tf.reduce_sum(tf.square(values - mean) * brain, axis=[1, 2, 3], keepdims=True) / pixels
+        return mean, tf.sqrt(spread) + 1e-3
+
+    mean, std = brain_moments(gray)
+    standard = (gray - mean) / std  # the network sees the brain at unit scale, the background below it
+    keys = tf.random.experimental.stateless_split(seed, 3 * layers + 2)
+    centre_only = np.zeros((1, 3, 3, 1, 1), np.float32)
+    centre_only[0, 1, 1] = 1.0
+    out, channels = standard, 1
+    for layer in range(layers):
+        last = layer == layers - 1
+        width_out = 1 if last else width
+        weights = tf.random.stateless_normal([batch, 3, 3, channels, width_out], keys[3 * layer])
+        one_by_one = tf.random.stateless_uniform([batch, 1, 1, 1, 1], keys[3 * layer + 1]) < 0.5
+        weights = tf.where(one_by_one, weights * centre_only, weights)
+        # each image's own kernels in one depthwise convolution: its (image, channel) pairs become the channels
+        # of one image, each convolved with `width_out` kernels, then summed over the input channels
+        stacked = tf.reshape(tf.transpose(out, [1, 2, 0, 3]), [1, shape[1], shape[2], batch * channels])
+        kernels = tf.reshape(tf.transpose(weights, [1, 2, 0, 3, 4]), [3, 3, batch * channels, width_out])
+        convolved = tf.nn.depthwise_conv2d(stacked, kernels, [1, 1, 1, 1], "SAME")
+        convolved = tf.reshape(convolved, [shape[1], shape[2], batch, channels, width_out])
+        out = tf.transpose(tf.reduce_sum(convolved, axis=3), [2, 0, 1, 3])
+        out += tf.random.stateless_normal([batch, 1, 1, width_out], keys[3 * layer + 2])
+        if not last:
+            out = tf.nn.leaky_relu(out, 0.01)
+        channels = width_out
+    blend = tf.random.stateless_uniform([batch, 1, 1, 1], keys[-2])
+    mixed = blend * out + (1.0 - blend) * standard
+    mixed_mean, mixed_std = brain_moments(mixed)
+    remapped = brain * tf.clip_by_value((mixed - mixed_mean) / mixed_std * std + mean, 0.0, 255.0)
+    chosen = tf.random.stateless_uniform([batch, 1, 1, 1], keys[-1]) < share
+    out = tf.where(chosen, remapped + tf.zeros_like(images), images)
+    out.set_shape(images.shape)
     return out
 
 
