@@ -190,9 +190,10 @@ def _unsafe_checkpoint(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_damaged_or_unsafe_checkpoint_is_one_line_exit_2(write_config, tmp_path, capsys):
-    # two epochs: after the first, the second and the reports leave seconds for the kill to land before completion
-    process = _train(str(write_config("killed", train={"epochs": 2, "early_stopping_patience": 0})))
+def test_a_damaged_or_unsafe_checkpoint_is_one_line_exit_2(slow_config, tmp_path, capsys):
+    # slow_config's epochs leave seconds for the kill to land after the first (with two epochs of the 32-px
+    # default, a loaded CI machine once saw the run complete between two looks at its checkpoint)
+    process = _train(str(slow_config))
     run_dir = _wait(lambda: _run_dir(tmp_path / "outputs"), process)
     _wait(lambda: _epochs_done(run_dir) >= 1, process)
     process.send_signal(signal.SIGKILL)
