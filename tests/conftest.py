@@ -55,6 +55,13 @@ def write_config(tmp_path, synth_root):
     return write
 
 
+@pytest.fixture
+def slow_config(write_config):
+    """Six epochs of 64 px (about a second each): when the first has ended, seconds of work are left, so a signal
+    or a kill lands mid-run (two epochs of 32 px once completed between two looks of a loaded CI machine)."""
+    return write_config("slow", data={"image_size": 64}, train={"epochs": 6, "early_stopping_patience": 0})
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, synth_root) -> Path:
     """One completed 2-epoch run, shared by the tests that only read a run directory."""

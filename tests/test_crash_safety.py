@@ -97,12 +97,6 @@ def check_contract(run_dir: Path, epochs: int) -> None:
     assert Run(run_dir).read_calibration(dict) is not None  # whole: its checksum holds
 
 
-@pytest.fixture
-def slow_config(write_config):
-    """Enough epochs (about a second each) that a signal lands mid-run."""
-    return write_config("slow", data={"image_size": 64}, train={"epochs": 6, "early_stopping_patience": 0})
-
-
 def _log_count(run_dir: Path, text: str) -> int:
     with contextlib.suppress(OSError):
         return (run_dir / "train.log").read_text().count(text)
@@ -191,8 +185,6 @@ def _unsafe_checkpoint(path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_damaged_or_unsafe_checkpoint_is_one_line_exit_2(slow_config, tmp_path, capsys):
-    # slow_config's epochs leave seconds for the kill to land after the first (with two epochs of the 32-px
-    # default, a loaded CI machine once saw the run complete between two looks at its checkpoint)
     process = _train(str(slow_config))
     run_dir = _wait(lambda: _run_dir(tmp_path / "outputs"), process)
     _wait(lambda: _epochs_done(run_dir) >= 1, process)

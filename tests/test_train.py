@@ -102,13 +102,6 @@ def _wait_for_first_epoch(process: subprocess.Popen, output_dir: Path, timeout: 
     raise AssertionError("no epoch finished in time")
 
 
-@pytest.fixture
-def slow_config(write_config):
-    """Six epochs: when the first has ended, seconds of work are left (five epochs, then the reports), so a kill
-    lands mid-run; the shared 32 px keeps each epoch and the resumed rest cheap."""
-    return write_config("slow", train={"epochs": 6, "early_stopping_patience": 0})
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_completes_the_run(slow_config, tmp_path):
     with _start(slow_config) as process:  # closes its stderr pipe
