@@ -159,13 +159,7 @@ def random_network_contrast(images: tf.Tensor, seed: tf.Tensor, share: float, la
         weights = tf.random.stateless_normal([batch, 3, 3, channels, width_out], keys[3 * layer])
         one_by_one = tf.random.stateless_uniform([batch, 1, 1, 1, 1], keys[3 * layer + 1]) < 0.5
         weights = tf.where(one_by_one, weights * centre_only, weights)
-        # each image's own kernels in one depthwise convolution: its (image, channel) pairs become the channels
-        # of one image, each convolved with `width_out` kernels, then summed over the input channels
-        stacked = tf.reshape(tf.transpose(out, [1, 2, 0, 3]), [1, shape[1], shape[2], batch * channels])
-        kernels = tf.reshape(tf.transpose(weights, [1, 2, 0, 3, 4]), [3, 3, batch * channels, width_out])
-        convolved = tf.nn.depthwise_conv2d(stacked, kernels, [1, 1, 1, 1], "SAME")
-        convolved = tf.reshape(convolved, [shape[1], shape[2], batch, channels, width_out])
-        out = tf.transpose(tf.reduce_sum(convolved, axis=3), [2, 0, 1, 3])
+        out = tf.reduce_sum(convolve_each_image(out, weights), axis=3)  # (B, H, W, width_out)
         out += tf.random.stateless_normal([batch, 1, 1, width_out], keys[3 * layer + 2])
         if not last:
             out = tf.nn.leaky_relu(out, 0.01)
@@ -175,7 +169,7 @@ def random_network_contrast(images: tf.Tensor, seed: tf.Tensor, share: float, la
     mixed_mean, mixed_std = brain_moments(mixed)
     remapped = brain * tf.clip_by_value((mixed - mixed_mean) / mixed_std * std + mean, 0.0, 255.0)
     chosen = tf.random.stateless_uniform([batch, 1, 1, 1], keys[-1]) < share
-    out = tf.where(chosen, remapped + tf.zeros_like(images), images)
+    out = tf.where(chosen, tf.broadcast_to(remapped, shape), images)
     out.set_shape(images.shape)
     return out
 
@@ -222,18 +216,23 @@ def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor
     weights = tf.exp(-0.5 * tf.square(offsets[None, :] / tf.maximum(sigma[:, None], 1e-3)))
     weights /= tf.reduce_sum(weights, axis=1, keepdims=True)  # (B, 2r+1)
     shape = tf.shape(images)
-    channels = images.shape[-1]
-    # every (image, channel) pair becomes a channel of one image, so one depthwise convolution per axis
-    # applies each image's own kernel
-    stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, shape[1], shape[2], -1])
-    kernel = tf.repeat(weights, channels, axis=0)  # (B * C, 2r+1)
-    across = tf.transpose(kernel)[None, :, :, None]  # (1, 2r+1, B * C, 1)
-    down = tf.transpose(kernel)[:, None, :, None]
-    blurred = tf.nn.depthwise_conv2d(stacked, across, [1, 1, 1, 1], "SAME")
-    blurred = tf.nn.depthwise_conv2d(blurred, down, [1, 1, 1, 1], "SAME")
-    out = tf.transpose(tf.reshape(blurred, [shape[1], shape[2], shape[0], channels]), [2, 0, 1, 3])
+    kernel = tf.broadcast_to(weights[:, None, :, None, None], [shape[0], 1, 2 * radius + 1, images.shape[-1], 1])
+    across = convolve_each_image(images, kernel)[..., 0]
+    out = convolve_each_image(across, tf.transpose(kernel, [0, 2, 1, 3, 4]))[..., 0]
     out.set_shape(images.shape)
     return out
+
+
+def convolve_each_image(images: tf.Tensor, kernels: tf.Tensor) -> tf.Tensor:
+    """Each image (B, H, W, C) convolved with kernels of its own (B, kh, kw, C, M), zero padding: (B, H, W, C, M),
+    channel c by its M kernels. Every (image, channel) pair becomes a channel of one image, so one depthwise
+    convolution serves the whole batch."""
+    shape = tf.shape(images)
+    _, rows, columns, channels, multiplier = kernels.shape
+    stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, shape[1], shape[2], -1])
+    flat = tf.reshape(tf.transpose(kernels, [1, 2, 0, 3, 4]), [rows, columns, -1, multiplier])
+    convolved = tf.nn.depthwise_conv2d(stacked, flat, [1, 1, 1, 1], "SAME")
+    return tf.transpose(tf.reshape(convolved, [shape[1], shape[2], shape[0], channels, multiplier]), [2, 0, 1, 3, 4])
 
 
 def mixup(images: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
